@@ -1,0 +1,41 @@
+# Everything the project needs installs from here: `make run`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# ddapm-test-agent pins opentelemetry-proto<1.37, older than the relay's: it gets a venv of its own
+# and runs as a separate process in the tests.
+AGENT_VENV := .venv-testagent
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+$(AGENT_VENV)/.installed:
+	$(PYTHON) -m venv $(AGENT_VENV)
+	$(AGENT_VENV)/bin/pip install --quiet 'ddapm-test-agent>=1.20'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/llm-broadcast-relay serve
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed $(AGENT_VENV)/.installed
+	DDAPM_TEST_AGENT=$(CURDIR)/$(AGENT_VENV)/bin/ddapm-test-agent $(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: $(BIN)/.installed $(AGENT_VENV)/.installed
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(AGENT_VENV) .pytest_cache .mypy_cache .ruff_cache data

@@ -1,0 +1,109 @@
+"""Reading a request body: size cap before and after decompression, gzip / deflate / zstd.
+
+aiohttp's own transparent decompression is turned off (see ``receiver.app``) so that a small
+compressed body cannot expand past ``RELAY_MAX_BODY_BYTES`` in memory: every decoder here stops one
+byte past the cap.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import zstandard
+from aiohttp import web
+
+SUPPORTED_ENCODINGS = ("gzip", "deflate", "zstd", "identity")
+
+
+class BodyError(Exception):
+    """The body cannot be taken; ``status`` is the HTTP answer (400, 413 or 415)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def too_large(limit: int, stage: str) -> BodyError:
+    return BodyError(413, f"request body exceeds {limit} bytes {stage} (RELAY_MAX_BODY_BYTES)")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit, "as sent")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > limit:
+            raise too_large(limit, "as sent")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encodings = [
+        e.strip().lower()
+        for e in request.headers.get("Content-Encoding", "").split(",")
+        if e.strip()
+    ]
+    # Encodings are listed in the order they were applied: undo them last to first.
+    for encoding in reversed(encodings):
+        body = decompress(body, encoding, limit)
+    return body
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "identity":
+        return body
+    if encoding == "gzip" or encoding == "x-gzip":
+        return _zlib(body, 31, limit, "gzip")
+    if encoding == "deflate":
+        # RFC 9110 "deflate" is zlib-wrapped, but some clients send raw deflate.
+        try:
+            return _zlib(body, 15, limit, "deflate")
+        except BodyError as error:
+            if error.status == 413:
+                raise
+            return _zlib(body, -15, limit, "deflate")
+    if encoding == "zstd":
+        return _zstd(body, limit)
+    raise BodyError(
+        415,
+        f"unsupported Content-Encoding {encoding!r}: use one of {', '.join(SUPPORTED_ENCODINGS)}",
+    )
+
+
+def _zlib(body: bytes, wbits: int, limit: int, name: str) -> bytes:
+    out: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            decoder = zlib.decompressobj(wbits)
+            while data:
+                chunk = decoder.decompress(data, limit + 1 - size)
+                size += len(chunk)
+                out.append(chunk)
+                if size > limit:
+                    raise too_large(limit, "after decompression")
+                data = decoder.unconsumed_tail
+                if decoder.eof:
+                    break
+            if not decoder.eof:
+                raise BodyError(400, f"truncated {name} body")
+            # gzip allows several members one after the other.
+            data = decoder.unused_data if wbits == 31 else b""
+    except zlib.error as error:
+        raise BodyError(400, f"invalid {name} body: {error}") from None
+    return b"".join(out)
+
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(body), read_across_frames=True
+        )
+        data = reader.read(limit + 1)
+    except zstandard.ZstdError as error:
+        raise BodyError(400, f"invalid zstd body: {error}") from None
+    if len(data) > limit:
+        raise too_large(limit, "after decompression")
+    return data

@@ -1,0 +1,235 @@
+"""``llm-broadcast-relay``: serve, test-connection, replay, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+import zstandard
+from aiohttp import web
+
+from receiver import __version__
+from receiver.app import create_app
+from receiver.config import ConfigError, RelayConfig, load_config
+from receiver.logs import configure_logging
+from receiver.metrics import Metrics
+from sinks.dead_letters import DeadLetters
+from sinks.dispatcher import Dispatcher
+from sinks.spool import Spool
+
+log = structlog.get_logger("relay")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX platform
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+async def _serve(config: RelayConfig, worker: int) -> None:
+    app = create_app(config, worker=worker)
+    # aiohttp would decompress request bodies before our size cap sees them: receiver.bodies does.
+    runner = web.AppRunner(
+        app, auto_decompress=False, access_log=None, shutdown_timeout=config.shutdown_grace
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.host, config.port, reuse_port=config.workers > 1 or None, backlog=1024
+    )
+    await site.start()
+    log.info("listening", host=config.host, port=config.port, worker=worker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping", worker=worker)
+    await runner.cleanup()
+
+
+def _run_worker(config: RelayConfig, worker: int) -> None:
+    configure_logging(config.log_level)
+    _install_uvloop()
+    asyncio.run(_serve(config, worker))
+
+
+def serve(config: RelayConfig) -> int:
+    log.info("config", **config.describe())
+    if not config.ingest_tokens:
+        log.warning("ingest_open", message="RELAY_INGEST_TOKENS is unset: anyone can send events")
+    if config.workers == 1:
+        _run_worker(config, 0)
+        return 0
+    # One process per core, each with its own spool, sharing the port through SO_REUSEPORT.
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_run_worker, args=(config, i)) for i in range(config.workers)]
+    for process in workers:
+        process.start()
+
+    def forward(signum: int, _: Any) -> None:
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in workers:
+        process.join()
+    return max((p.exitcode or 0) for p in workers)
+
+
+# -- test-connection -----------------------------------------------------------------------------
+
+
+async def _test_connection(config: RelayConfig) -> int:
+    ok = True
+    for name, setup in config.sinks.items():
+        sink = setup.spec.build(setup.config)
+        try:
+            await sink.start()
+            result = await asyncio.wait_for(sink.probe(), 30)
+        except TimeoutError:
+            result_ok, message = False, f"{name}: no answer within 30s"
+        else:
+            result_ok, message = result.ok, result.message
+        finally:
+            await sink.close()
+        ok = ok and result_ok
+        print(f"{'PASS' if result_ok else 'FAIL'}  {message}")
+    return 0 if ok else 1
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as handle:
+            yield from handle
+    elif path.suffix == ".zst":
+        with open(path, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            pending = b""
+            while chunk := reader.read(1 << 20):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                yield from complete
+            if pending:
+                yield pending
+    else:
+        with open(path, "rb") as handle:
+            yield from handle
+
+
+def read_replay_file(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(dead-letter sink or None, event) for each line of a file-sink or dead-letter file."""
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            # A crash can leave a partial last line; anything else is worth saying.
+            print(f"skipping line {number} of {path}: not JSON", file=sys.stderr)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("event"), dict):
+            yield record.get("sink"), record["event"]
+        elif isinstance(record, dict):
+            yield None, record
+
+
+async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
+    targets = list(only) or list(config.sinks)
+    unknown = [name for name in targets if name not in config.sinks]
+    if unknown:
+        print(f"not enabled in RELAY_SINKS: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    per_sink: dict[str, list[bytes]] = {name: [] for name in targets}
+    for dead_letter_sink, event in read_replay_file(path):
+        body = orjson.dumps(event)
+        for name in [dead_letter_sink] if dead_letter_sink and not only else targets:
+            if name in per_sink:
+                per_sink[name].append(body)
+    metrics = Metrics()
+    dead_letters = DeadLetters(config.data_dir / "dead-letter")
+    with tempfile.TemporaryDirectory(prefix="relay-replay-") as scratch:
+        # The same machinery as live delivery: a private spool and one dispatcher per sink.
+        failed = 0
+        for name, bodies in per_sink.items():
+            if not bodies:
+                continue
+            setup = config.sinks[name]
+            spool = Spool(Path(scratch) / f"{name}.sqlite3", 1 << 62, [name])
+            await spool.open()
+            await spool.append(bodies)
+            dispatcher = Dispatcher(
+                setup.spec.build(setup.config),
+                replace(setup.dispatch, flush_interval=0.0),
+                spool,
+                dead_letters,
+                metrics,
+            )
+            await dispatcher.start()
+            await spool.wait_resolved(name)
+            await dispatcher.stop(config.shutdown_grace)
+            await spool.close()
+            state = dispatcher.status
+            failed += state.dead_lettered + state.dropped
+            print(
+                f"{name}: {state.sent} sent, {state.dead_lettered} dead-lettered,"
+                f" {state.dropped} dropped"
+            )
+    dead_letters.close()
+    return 0 if failed == 0 else 1
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-broadcast-relay",
+        description="Receive LLM gateway telemetry and deliver it to Tempo, Datadog and files.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the relay (the default)")
+    commands.add_parser("test-connection", help="probe every enabled sink; exit 0 if all pass")
+    replay_parser = commands.add_parser("replay", help="re-send a file-sink or dead-letter file")
+    replay_parser.add_argument("file", type=Path)
+    replay_parser.add_argument(
+        "--sinks",
+        default="",
+        help="comma list of sinks to send to (default: every enabled sink; for dead letters, "
+        "the sink that refused them)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as error:
+        print(f"llm-broadcast-relay: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    if args.command in (None, "serve"):
+        return serve(config)
+    if args.command == "test-connection":
+        return asyncio.run(_test_connection(config))
+    only = [name.strip() for name in args.sinks.split(",") if name.strip()]
+    return asyncio.run(_replay(config, args.file, only))

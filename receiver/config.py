@@ -1,0 +1,123 @@
+"""The relay's configuration: every setting is an environment variable (see README).
+
+``load_config`` reads them all, validates every one, and raises ``ConfigError`` naming every bad
+variable at once. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from receiver.settings import ConfigError, EnvReader, mask
+from sinks.base import DispatchSettings
+from sinks.registry import SinkConfig, SinkSpec, read_dispatch_settings, sink_specs
+
+ContentPolicy = Literal["full", "redact", "hash"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSetup:
+    spec: SinkSpec
+    config: SinkConfig
+    dispatch: DispatchSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    host: str = "0.0.0.0"
+    port: int = 4318
+    data_dir: Path = Path("data")
+    max_body_bytes: int = 20 * 1024 * 1024
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    content: ContentPolicy = "full"
+    # token -> tenant (None when the token carries no tenant)
+    ingest_tokens: Mapping[str, str | None] = field(default_factory=dict)
+    workers: int = 1
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+    sinks: Mapping[str, SinkSetup] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration, as logged at start: secrets masked."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "data_dir": str(self.data_dir),
+            "max_body_bytes": self.max_body_bytes,
+            "spool_max_bytes": self.spool_max_bytes,
+            "content": self.content,
+            "ingest_tokens": [
+                f"{tenant or '-'}={mask(token)}" for token, tenant in self.ingest_tokens.items()
+            ],
+            "workers": self.workers,
+            "shutdown_grace": self.shutdown_grace,
+            "sinks": {
+                name: {**setup.config.describe(), "dispatch": _dispatch(setup.dispatch)}
+                for name, setup in self.sinks.items()
+            },
+        }
+
+
+def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
+    return {
+        "batch_size": settings.batch_size,
+        "flush_interval": settings.flush_interval,
+        "max_retry_time": settings.max_retry_time,
+        "timeout": settings.timeout,
+    }
+
+
+def _read_tokens(env: EnvReader) -> dict[str, str | None]:
+    tokens: dict[str, str | None] = {}
+    for index, item in enumerate(env.items("RELAY_INGEST_TOKENS"), start=1):
+        tenant, sep, token = item.partition("=")
+        if not sep:
+            tenant, token = "", item
+        tenant, token = tenant.strip(), token.strip()
+        if not token or (sep and not tenant):
+            # The item is a secret: name its position, never its text.
+            env.problem("RELAY_INGEST_TOKENS", f"item {index} must be 'token' or 'tenant=token'")
+            continue
+        tokens[token] = tenant or None
+    return tokens
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> RelayConfig:
+    env = EnvReader(os.environ if environ is None else environ)
+    data_dir = Path(env.text("RELAY_DATA_DIR", "./data") or "./data")
+    specs = sink_specs()
+    enabled = env.items("RELAY_SINKS", ("file",))
+    sinks: dict[str, SinkSetup] = {}
+    for name in enabled:
+        key = name.lower()
+        spec = specs.get(key)
+        if spec is None:
+            env.problem("RELAY_SINKS", f"unknown sink {name!r} (known: {', '.join(specs)})")
+            continue
+        sinks[key] = SinkSetup(
+            spec, spec.read_config(env, data_dir), read_dispatch_settings(env, key, spec.defaults)
+        )
+    if not enabled:
+        env.problem("RELAY_SINKS", "enable at least one sink: file, tempo or datadog")
+    config = RelayConfig(
+        host=env.text("RELAY_HOST", "0.0.0.0") or "0.0.0.0",
+        port=env.integer("RELAY_PORT", 4318, 0, 65535),
+        data_dir=data_dir,
+        max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 20 * 1024 * 1024, 1024),
+        spool_max_bytes=env.integer("RELAY_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, 64 * 1024),
+        content=env.choice("RELAY_CONTENT", "full", ("full", "redact", "hash")),  # type: ignore[arg-type]
+        ingest_tokens=_read_tokens(env),
+        workers=env.integer("RELAY_WORKERS", 1, 1, 256),
+        shutdown_grace=env.number("RELAY_SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
+        log_level=env.choice("RELAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        sinks=sinks,
+    )
+    env.raise_problems()
+    return config
+
+
+__all__ = ["ConfigError", "RelayConfig", "SinkSetup", "load_config"]

@@ -1,0 +1,184 @@
+"""Every count that matters, in Prometheus form: the pipeline's own health and the LLM traffic.
+
+Metric names are a contract (the dashboard and alert rules in ``deploy/`` query them). LLM metrics
+are labelled by gateway, provider, upstream and model, never by user: bounded cardinality.
+Events marked ``source.test`` (setup checks) are kept out of the LLM metrics so that they never
+show up as spend.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas import LLMEvent
+
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 30)
+_SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LLM_LABELS = ("gateway", "provider", "upstream", "model")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "relay_http_requests",
+            "HTTP requests by route and status.",
+            ("route", "status"),
+            registry=r,
+        )
+        self.events_received = Counter(
+            "relay_events_received",
+            "Events accepted and spooled, by input format and gateway.",
+            ("format", "gateway"),
+            registry=r,
+        )
+        self.items_rejected = Counter(
+            "relay_items_rejected",
+            "Items or requests refused at ingest, by reason.",
+            ("route", "reason"),
+            registry=r,
+        )
+        self.items_skipped = Counter(
+            "relay_items_skipped",
+            "Valid items that are not LLM calls, by format and reason.",
+            ("format", "reason"),
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "relay_spool_bytes", "Bytes of undelivered events in the spool.", registry=r
+        )
+        self.spool_max_bytes = Gauge(
+            "relay_spool_max_bytes",
+            "RELAY_SPOOL_MAX_BYTES: above it ingest answers 503.",
+            registry=r,
+        )
+        self.sink_sent = Counter(
+            "relay_sink_sent_events", "Events a sink delivered.", ("sink",), registry=r
+        )
+        self.sink_failures = Counter(
+            "relay_sink_send_failures",
+            "Failed send attempts, by reason.",
+            ("sink", "reason"),
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "relay_sink_retries", "Send attempts that were retried.", ("sink",), registry=r
+        )
+        self.sink_partial_rejected = Counter(
+            "relay_sink_partial_rejected_events",
+            "Items a sink's peer refused in a partial success (counted, not retried).",
+            ("sink",),
+            registry=r,
+        )
+        self.sink_dropped = Counter(
+            "relay_sink_dropped_events",
+            "Events a sink dropped, by reason (e.g. too_old).",
+            ("sink", "reason"),
+            registry=r,
+        )
+        self.sink_dead_lettered = Counter(
+            "relay_sink_dead_lettered_events",
+            "Events written to the dead-letter file, by reason.",
+            ("sink", "reason"),
+            registry=r,
+        )
+        self.sink_backlog = Gauge(
+            "relay_sink_backlog_events",
+            "Events spooled and not yet resolved for a sink.",
+            ("sink",),
+            registry=r,
+        )
+        self.sink_oldest_age = Gauge(
+            "relay_sink_oldest_pending_age_seconds",
+            "Age of the oldest event not yet resolved for a sink (0 when none).",
+            ("sink",),
+            registry=r,
+        )
+        self.sink_send_duration = Histogram(
+            "relay_sink_send_duration_seconds",
+            "Duration of one send attempt.",
+            ("sink",),
+            buckets=_SEND_BUCKETS,
+            registry=r,
+        )
+        self.sink_last_success = Gauge(
+            "relay_sink_last_success_timestamp_seconds",
+            "When a sink last delivered a batch.",
+            ("sink",),
+            registry=r,
+        )
+        self.llm_requests = Counter(
+            "llm_requests", "LLM calls reported by gateways.", (*_LLM_LABELS, "status"), registry=r
+        )
+        self.llm_errors = Counter(
+            "llm_errors",
+            "Failed LLM calls by error type.",
+            (*_LLM_LABELS, "error_type"),
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "llm_tokens",
+            "Tokens by type (input, output, cache_read, cache_write, reasoning).",
+            (*_LLM_LABELS, "type"),
+            registry=r,
+        )
+        self.llm_cost = Counter(
+            "llm_cost_usd", "Cost reported by gateways, in USD.", _LLM_LABELS, registry=r
+        )
+        self.llm_duration = Histogram(
+            "llm_request_duration_seconds",
+            "End-to-end LLM call duration.",
+            _LLM_LABELS,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.llm_ttft = Histogram(
+            "llm_time_to_first_token_seconds",
+            "Time to first token of streamed calls.",
+            _LLM_LABELS,
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+
+    def observe_events(self, events: list[LLMEvent]) -> None:
+        """Count accepted events, by pipeline and LLM dimensions."""
+        for event in events:
+            source = event["source"]
+            self.events_received.labels(source["format"], source["gateway"]).inc()
+            if source.get("test"):
+                continue
+            labels = (
+                source["gateway"],
+                event.get("provider", "unknown"),
+                event.get("upstream", "unknown"),
+                event.get("request_model") or event.get("response_model") or "unknown",
+            )
+            status = event.get("status", "ok")
+            self.llm_requests.labels(*labels, status).inc()
+            if status == "error":
+                self.llm_errors.labels(*labels, event.get("error", {}).get("type", "unknown")).inc()
+            usage = event.get("usage", {})
+            for field, kind in _TOKEN_FIELDS:
+                count = usage.get(field)
+                if isinstance(count, int) and count > 0:
+                    self.llm_tokens.labels(*labels, kind).inc(count)
+            total = event.get("cost", {}).get("total")
+            if total:
+                self.llm_cost.labels(*labels).inc(total)
+            duration = event.get("duration_ms")
+            if duration is not None:
+                self.llm_duration.labels(*labels).observe(duration / 1000)
+            ttft = event.get("ttft_ms")
+            if ttft is not None:
+                self.llm_ttft.labels(*labels).observe(ttft / 1000)
+
+
+_TOKEN_FIELDS = (
+    ("input_tokens", "input"),
+    ("output_tokens", "output"),
+    ("cache_read_input_tokens", "cache_read"),
+    ("cache_write_input_tokens", "cache_write"),
+    ("reasoning_output_tokens", "reasoning"),
+)

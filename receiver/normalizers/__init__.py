@@ -1,0 +1,1 @@
+"""One module per input format; each turns a request body into LLMEvents (see ``base``)."""

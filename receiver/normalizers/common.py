@@ -1,0 +1,273 @@
+"""Small conversions every normalizer shares: times, ids, lenient numbers, messages, key hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from receiver.secrets import is_secret_key, is_secret_value
+from schemas import SCHEMA_ID, LLMEvent, Message
+
+
+def rfc3339_ns(unix_ns: int) -> str:
+    """``2026-03-01T12:15:46.123456789Z``: RFC 3339 in UTC with nanosecond precision."""
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def now() -> tuple[int, str]:
+    ns = time.time_ns()
+    return ns, rfc3339_ns(ns)
+
+
+def stable_id(*parts: str) -> str:
+    """A deterministic id from the source's own identifiers, so a re-sent event keeps its id."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def derived_trace_ids(event_id: str) -> tuple[str, str]:
+    """Trace and span ids for sources that have none (webhooks), derived from the event id."""
+    digest = hashlib.sha256(event_id.encode()).hexdigest()
+    return digest[:32], digest[32:48]
+
+
+def key_hash(secret: str) -> str:
+    """How an API key is represented: a SHA-256-based fingerprint, never the key itself."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def as_int(value: Any) -> int | None:
+    """An integer from an int, a float or a numeric string (senders send all three)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value == value else None  # NaN is not a count
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                return None
+            return int(number) if number == number else None
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if number == number else None
+    return None
+
+
+def as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+    if isinstance(value, int):
+        return bool(value)
+    return None
+
+
+def as_str_list(value: Any) -> list[str] | None:
+    """A list of strings from a list, a JSON-encoded list (OpenRouter) or a single string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                decoded = orjson.loads(stripped)
+            except orjson.JSONDecodeError:
+                return [value]
+            if isinstance(decoded, list):
+                return [str(item) for item in decoded if item is not None]
+        return [value] if stripped else None
+    if isinstance(value, list | tuple):
+        return [str(item) for item in value if item is not None]
+    return [str(value)]
+
+
+def maybe_json(value: Any) -> Any:
+    """Decode a value that senders often ship as a JSON string; leave anything else alone."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def _parts_from_content(content: Any) -> list[Any]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if isinstance(content, list):
+        parts: list[Any] = []
+        for item in content:
+            if isinstance(item, str):
+                parts.append({"type": "text", "content": item})
+            elif isinstance(item, dict):
+                kind = item.get("type", "text")
+                if kind == "text" or "text" in item:
+                    parts.append({"type": "text", "content": item.get("text", item.get("content"))})
+                else:
+                    parts.append({"type": str(kind), "content": item})
+        return parts
+    return [{"type": "text", "content": content}]
+
+
+def chat_messages(messages: Iterable[Any]) -> list[Message]:
+    """OpenAI-style ``[{role, content, tool_calls?}]`` as GenAI semconv ``[{role, parts}]``.
+
+    Messages already in the GenAI shape (with ``parts``) pass through unchanged.
+    """
+    result: list[Message] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            result.append({"role": "user", "parts": _parts_from_content(message)})
+            continue
+        if isinstance(message.get("parts"), list):
+            result.append(message)  # type: ignore[arg-type]
+            continue
+        parts = _parts_from_content(message.get("content"))
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                function = call.get("function") or {}
+                parts.append(
+                    {
+                        "type": "tool_call",
+                        "id": call.get("id"),
+                        "name": function.get("name"),
+                        "arguments": maybe_json(function.get("arguments")),
+                    }
+                )
+        converted: Message = {"role": str(message.get("role") or "user"), "parts": parts}
+        if message.get("name"):
+            converted["name"] = str(message["name"])
+        result.append(converted)
+    return result
+
+
+def completion_messages(response: Any) -> tuple[list[Message], list[str]]:
+    """An OpenAI-style response body (``choices``) as output messages and finish reasons."""
+    messages: list[Message] = []
+    reasons: list[str] = []
+    if not isinstance(response, dict):
+        return messages, reasons
+    for choice in response.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message") or choice.get("delta")
+        if isinstance(message, dict):
+            messages.extend(chat_messages([{"role": "assistant", **message}]))
+        elif "text" in choice:
+            messages.append(
+                {"role": "assistant", "parts": [{"type": "text", "content": choice["text"]}]}
+            )
+        if choice.get("finish_reason"):
+            reasons.append(str(choice["finish_reason"]))
+    return messages, reasons
+
+
+def base_event(
+    *, event_id: str, received_at: str, fmt: str, gateway: str, test: bool = False
+) -> LLMEvent:
+    """The identity fields every event starts with, in the order they are written."""
+    return {
+        "schema": SCHEMA_ID,
+        "event_id": event_id,
+        "received_at": received_at,
+        "source": {"format": fmt, "gateway": gateway, "test": test},  # type: ignore[typeddict-item]
+    }
+
+
+def finish_usage(usage: dict[str, int]) -> dict[str, int]:
+    """Fill ``total_tokens`` from input + output when the source gave both but no total."""
+    if "total_tokens" not in usage and "input_tokens" in usage and "output_tokens" in usage:
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    return usage
+
+
+# -- webhook payloads (Otoroshi, LiteLLM): nested objects into flat, secret-free attributes --
+
+_MAX_FLAT_DEPTH = 6
+_MAX_FLAT_LIST = 32
+_TEXT_SECRETS = (
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), r"\1 [REDACTED]"),
+    (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), "[REDACTED]"),
+    (
+        re.compile(
+            r"""\b((?:api[_-]?key|apikey|client[_-]?secret|secret|password|access[_-]?token|token)"""
+            r"""['"]?\s*[:=]\s*['"]?)[^\s'",;&}]{6,}""",
+            re.IGNORECASE,
+        ),
+        r"\1[REDACTED]",
+    ),
+)
+
+
+def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -> None:
+    """Nested JSON as dotted attribute keys (``otoroshi.impacts.energy.unit``).
+
+    Credential-named keys are dropped with their whole subtree (a ``connection`` object keeps its
+    ``base_url`` but loses its ``token``), so the flat result is safe to scrub by key and value.
+    Lists of scalars stay lists; lists of objects are indexed (``budgets.0.budget_id``).
+    """
+    if value is None or is_secret_key(prefix) or is_secret_value(value):
+        return
+    if depth >= _MAX_FLAT_DEPTH and isinstance(value, dict | list):
+        out[prefix] = orjson.dumps(value).decode()
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flatten_into(out, f"{prefix}.{key}", item, depth + 1)
+    elif isinstance(value, list):
+        if all(isinstance(item, str | int | float | bool) for item in value):
+            if value and not any(is_secret_value(item) for item in value):
+                out[prefix] = value
+            return
+        for index, item in enumerate(value[:_MAX_FLAT_LIST]):
+            flatten_into(out, f"{prefix}.{index}", item, depth + 1)
+    else:
+        out[prefix] = value
+
+
+def redact_text(text: str) -> str:
+    """Free text (error messages) with bearer tokens, API keys and ``key=value`` secrets masked."""
+    for pattern, replacement in _TEXT_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def url_host(url: Any) -> str | None:
+    """The host of a base URL (``api.openai.com``), never its user-info or query."""
+    if not isinstance(url, str) or not url:
+        return None
+    try:
+        host = urlsplit(url if "//" in url else "//" + url).hostname
+    except ValueError:
+        return None
+    return host or None

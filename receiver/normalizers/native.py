@@ -1,0 +1,69 @@
+"""``/v1/events``: LLMEvents already in this project's schema, checked against its JSON Schema.
+
+Senders of this format are our own tools and other relays, so events are kept as given (their
+``event_id`` included, which keeps re-sends deduplicable); only what a sender may reasonably leave
+to the receiver is filled in: ``schema``, ``received_at`` and ``source.format``. An event that
+does not validate is rejected with the validator's own message, which names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Final, cast
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from receiver.normalizers.base import IngestContext, Normalized
+from receiver.normalizers.common import redact_text
+from receiver.normalizers.jsonitems import json_items
+from receiver.secrets import is_secret_key, is_secret_value, scrub
+from schemas import SCHEMA_ID, LLMEvent, json_schema
+
+FORMAT = "native"
+_MAX_REASON = 300
+
+# Built once: compiling the schema costs far more than validating one event with it.
+_VALIDATOR: Final = Draft202012Validator(json_schema())
+
+
+def normalize(body: bytes, ctx: IngestContext) -> Normalized:
+    result = Normalized()
+    for index, item in enumerate(json_items(body)):
+        label = f"[{index}]"
+        if not isinstance(item, dict):
+            result.reject(label, "expected an LLMEvent object")
+            continue
+        if isinstance(item.get("event_id"), str) and item["event_id"]:
+            label = item["event_id"][:128]
+        item.setdefault("schema", SCHEMA_ID)
+        item.setdefault("received_at", ctx.received_at)
+        if isinstance(item.get("source"), dict):
+            item["source"].setdefault("format", FORMAT)
+        errors = list(_VALIDATOR.iter_errors(item))
+        if errors:
+            result.reject(label, _reason(errors))
+            continue
+        if isinstance(item.get("attributes"), dict):
+            scrub(item["attributes"])
+        result.events.append(cast(LLMEvent, item))
+    return result
+
+
+def _reason(errors: list[ValidationError]) -> str:
+    """The most relevant problem, e.g. ``$.usage.input_tokens: -1 is less than the minimum of 0``.
+
+    The message quotes the offending value, which is masked when it looks like a credential (an
+    API key sent where ``api_key.hash`` belongs must not come back in a 400 or a log line).
+    """
+    error = best_match(errors)
+    message = error.message
+    field = str(error.path[-1]) if error.path else ""
+    suspect = "api_key" in error.path or is_secret_key(field) or is_secret_value(error.instance)
+    if isinstance(error.instance, str) and suspect:
+        message = message.replace(repr(error.instance), "<redacted>")
+    reason = f"{error.json_path}: {redact_text(message)}"
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 3] + "..."
+    if len(errors) > 1:
+        reason += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return reason

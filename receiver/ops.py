@@ -1,0 +1,55 @@
+"""Routes for operators: health, readiness, per-sink status, Prometheus metrics, setup check."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from receiver.ingest import RELAY
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def livez(request: web.Request) -> web.Response:
+    # Alive means the event loop answers; a sink outage must never restart the process.
+    return _json({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    if relay.draining:
+        return _json({"status": "draining"}, 503)
+    if not relay.ready:
+        return _json({"status": "starting"}, 503)
+    if relay.spool.full:
+        return _json({"status": "spool_full", "spool_bytes": relay.spool.stored_bytes}, 503)
+    return _json({"status": "ready"})
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(await request.app[RELAY].status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    await relay.refresh_gauges()
+    response = web.Response(body=generate_latest(relay.metrics.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def test_connection(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    results = await relay.probe()
+    ok = all(result.ok for result in results.values())
+    body = {
+        "ok": ok,
+        "sinks": {
+            name: {"ok": result.ok, "message": result.message, **dict(result.details)}
+            for name, result in results.items()
+        },
+    }
+    return _json(body, 200 if ok else 503)

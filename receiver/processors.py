@@ -1,0 +1,90 @@
+"""What happens to every event between its normalizer and the spool, whatever its input format.
+
+- the tenant of the ingest token is recorded;
+- credentials left in attributes are removed (normalizers remove the ones they know by name);
+- the prompt/completion policy ``RELAY_CONTENT`` is applied: ``full`` keeps content, ``redact``
+  drops it and keeps the metadata, ``hash`` replaces every text with its SHA-256 so equal prompts
+  can still be matched without being readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, Final
+
+from receiver.config import ContentPolicy
+from receiver.secrets import scrub
+from schemas import LLMEvent, Message
+
+# Attributes that carry prompt or completion text under names senders use.
+CONTENT_KEYS: Final = frozenset(
+    {
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "span.input",
+        "span.output",
+        "trace.input",
+        "trace.output",
+        "input.value",
+        "output.value",
+        "llm.prompts",
+        "llm.choices",
+    }
+)
+CONTENT_PREFIXES: Final = (
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "llm.input_messages.",
+    "llm.output_messages.",
+)
+
+
+def is_content_key(key: str) -> bool:
+    return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
+
+
+def digest(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hash_messages(messages: Iterable[Message]) -> list[Message]:
+    hashed: list[Message] = []
+    for message in messages:
+        parts = [
+            {**part, "content": digest(part["content"])} if "content" in part else dict(part)
+            for part in message.get("parts", [])
+        ]
+        hashed.append({**message, "parts": parts})
+    return hashed
+
+
+def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) -> None:
+    """Apply tenant, secret removal and content policy to events, in place."""
+    for event in events:
+        event["source"]["tenant"] = tenant
+        attributes = event.get("attributes")
+        if attributes:
+            scrub(attributes)
+        if content == "full":
+            continue
+        if content == "redact":
+            event.pop("input_messages", None)
+            event.pop("output_messages", None)
+            if attributes:
+                for key in [k for k in attributes if is_content_key(k)]:
+                    del attributes[key]
+        else:
+            for side in ("input_messages", "output_messages"):
+                if side in event:
+                    event[side] = _hash_messages(event[side])
+            if attributes:
+                for key in [k for k in attributes if is_content_key(k)]:
+                    attributes[key] = digest(attributes[key])
+        event.setdefault("attributes", {})["relay.content_policy"] = content

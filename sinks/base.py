@@ -1,0 +1,97 @@
+"""The one contract every sink implements.
+
+A sink only encodes and sends one batch, then says how it went: return normally (optionally with a
+``SendResult`` counting spans the peer refused in a partial success), or raise one of the errors
+below. Batching, retries, backoff, Retry-After, 413 splitting, dead letters and metrics live in
+``sinks.dispatcher`` and wrap every sink the same way, as the OpenTelemetry Collector's
+exporterhelper wraps every exporter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from schemas import LLMEvent
+
+
+class SinkError(Exception):
+    """Base of the failures a sink reports. ``str(error)`` is shown to operators: no secrets."""
+
+
+class RetryableError(SinkError):
+    """The peer may take the same batch later (429, 502/503/504, network errors, timeouts)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SinkError):
+    """Sending the same batch again cannot succeed.
+
+    ``isolate`` says whether the fault may lie with some of the events (a 400 on bad data): the
+    dispatcher then bisects the batch so that only the offending events are dead-lettered. When the
+    peer refuses everything (bad credentials, unknown endpoint) bisecting would only multiply
+    requests, so the whole batch is dead-lettered at once.
+    """
+
+    def __init__(self, message: str, *, isolate: bool = True) -> None:
+        super().__init__(message)
+        self.isolate = isolate
+
+
+class PayloadTooLargeError(SinkError):
+    """The peer refused the batch for its size (413): the dispatcher splits it and retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """A delivered batch of which the peer nevertheless refused some items (partial success)."""
+
+    rejected: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The verdict of a live setup check, phrased so that a person can act on it."""
+
+    ok: bool
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """How the dispatcher drives one sink; read from ``RELAY_<SINK>_<SETTING>``."""
+
+    batch_size: int = 512
+    batch_max_bytes: int = 4 * 1024 * 1024
+    flush_interval: float = 1.0
+    max_retry_time: float = 3600.0
+    initial_backoff: float = 1.0
+    max_backoff: float = 30.0
+    retry_after_cap: float = 300.0
+    timeout: float = 30.0
+    max_event_age: float | None = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the dispatcher needs of a destination."""
+
+    name: ClassVar[str]
+
+    async def start(self) -> None:
+        """Open connections or files; called once before the first ``send``."""
+
+    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
+        """Deliver one batch or raise a ``SinkError`` saying why not."""
+
+    async def probe(self) -> ProbeResult:
+        """Check live that this sink can deliver now (credentials, reachability, disk)."""
+
+    async def close(self) -> None:
+        """Release resources; safe to call twice and without ``start``."""

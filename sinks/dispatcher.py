@@ -1,0 +1,281 @@
+"""One dispatcher per sink: batch from the spool, send, classify, retry, split, dead-letter.
+
+This is the reliability that wraps every sink the same way (the OpenTelemetry Collector's
+exporterhelper does this for every exporter), so that a sink is only "encode and send one batch".
+
+For each batch, in order:
+1. events older than the sink's ``max_event_age`` are dropped and counted (the peer would refuse);
+2. the batch is sent; ``RetryableError`` is retried with exponential backoff and full jitter
+   (tenacity), waiting at least the peer's Retry-After (capped), until the oldest event in the batch
+   has waited ``max_retry_time`` since it was received; then the batch is dead-lettered;
+3. ``PayloadTooLargeError`` splits the batch in halves until the offending event is alone, which is
+   dead-lettered; ``PermanentError`` does the same when the fault may lie with some events
+   (``isolate``), or dead-letters the whole batch when the peer refuses everything;
+4. only when every event of the batch is resolved does the sink's cursor move on in the spool.
+
+On shutdown a backoff wait ends at once and the batch stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from receiver.metrics import Metrics
+from schemas import LLMEvent
+from sinks.base import (
+    DispatchSettings,
+    PayloadTooLargeError,
+    PermanentError,
+    RetryableError,
+    Sink,
+    SinkError,
+)
+from sinks.dead_letters import DeadLetters
+from sinks.spool import Record, Spool
+
+log = structlog.get_logger("relay.dispatch")
+
+
+class ShuttingDownError(Exception):
+    """Raised inside a backoff wait when the relay stops: the batch stays in the spool."""
+
+
+@dataclass(slots=True)
+class SinkStatus:
+    """What ``/v1/status`` shows for one sink."""
+
+    sent: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    partial_rejected: int = 0
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: DispatchSettings,
+        spool: Spool,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.settings = settings
+        self.spool = spool
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.status = SinkStatus()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sink.start()
+        self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.name}")
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking batches; give an in-flight send ``grace`` seconds; keep the rest spooled."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ShuttingDownError):
+                await task
+        await self.sink.close()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            records = await self._next_batch()
+            if not records:
+                continue
+            try:
+                await self._deliver(records)
+            except ShuttingDownError:
+                return
+            except Exception:  # a bug must not silently stop delivery
+                log.exception("dispatch_failed", sink=self.name)
+                await self._pause(1.0)
+                continue
+            await self.spool.ack(self.name, records[-1].seq)
+
+    async def _next_batch(self) -> list[Record]:
+        """Wait for a full batch, or for the flush interval once something is pending."""
+        spool, settings = self.spool, self.settings
+        while spool.backlog(self.name) <= 0:
+            if not await self._wait_for_appends(None):
+                return []
+        deadline = time.monotonic() + settings.flush_interval
+        while spool.backlog(self.name) < settings.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._wait_for_appends(remaining):
+                break
+        return await spool.read(self.name, settings.batch_size, settings.batch_max_bytes)
+
+    async def _wait_for_appends(self, timeout: float | None) -> bool:
+        """Wait until the spool takes new events; False when the relay is stopping."""
+        appended = self.spool.appended(self.name)
+        appended.clear()
+        waiters = {
+            asyncio.ensure_future(appended.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self._stopping.is_set()
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    async def _deliver(self, records: Sequence[Record]) -> None:
+        max_age = self.settings.max_event_age
+        if max_age is not None:
+            cutoff = time.time() - max_age
+            fresh = [r for r in records if r.received >= cutoff]
+            if len(fresh) < len(records):
+                dropped = len(records) - len(fresh)
+                self.metrics.sink_dropped.labels(self.name, "too_old").inc(dropped)
+                self.status.dropped += dropped
+                log.warning("events_dropped", sink=self.name, reason="too_old", count=dropped)
+            records = fresh
+        if records:
+            events = [orjson.loads(r.body) for r in records]
+            await self._send_resolving(events, min(r.received for r in records))
+
+    async def _send_resolving(self, events: list[LLMEvent], oldest: float) -> None:
+        """Send until every event is delivered or dead-lettered."""
+        try:
+            await self._send_with_retries(events, oldest)
+        except PayloadTooLargeError as error:
+            await self._split_or_dead_letter(events, oldest, "too_large", error)
+        except PermanentError as error:
+            if error.isolate:
+                await self._split_or_dead_letter(events, oldest, "rejected", error)
+            else:
+                await self._dead_letter(events, "rejected", error)
+        except RetryableError as error:
+            await self._dead_letter(events, "retries_exhausted", error)
+
+    async def _split_or_dead_letter(
+        self, events: list[LLMEvent], oldest: float, reason: str, error: SinkError
+    ) -> None:
+        if len(events) == 1:
+            await self._dead_letter(events, reason, error)
+            return
+        middle = len(events) // 2
+        await self._send_resolving(events[:middle], oldest)
+        await self._send_resolving(events[middle:], oldest)
+
+    async def _send_with_retries(self, events: list[LLMEvent], oldest: float) -> None:
+        deadline = oldest + self.settings.max_retry_time
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=self._backoff,
+            stop=lambda state: time.time() + (state.upcoming_sleep or 0.0) > deadline,
+            sleep=self._pause,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._attempt(events)
+
+    async def _attempt(self, events: list[LLMEvent]) -> None:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.sink.send(events), self.settings.timeout)
+        except TimeoutError:
+            self._record_failure("timeout", f"no answer within {self.settings.timeout}s")
+            raise RetryableError(f"no answer within {self.settings.timeout}s") from None
+        except SinkError as error:
+            self._record_failure(_failure_reason(error), str(error))
+            raise
+        finally:
+            self.metrics.sink_send_duration.labels(self.name).observe(time.perf_counter() - started)
+        now = time.time()
+        self.status.sent += len(events)
+        self.status.last_success_at = now
+        self.metrics.sink_sent.labels(self.name).inc(len(events))
+        self.metrics.sink_last_success.labels(self.name).set(now)
+        if result is not None and (result.rejected or result.message):
+            self.status.partial_rejected += result.rejected
+            self.metrics.sink_partial_rejected.labels(self.name).inc(result.rejected)
+            log.warning(
+                "partial_success", sink=self.name, rejected=result.rejected, message=result.message
+            )
+
+    def _backoff(self, state: RetryCallState) -> float:
+        settings = self.settings
+        exponential = settings.initial_backoff * (2 ** (state.attempt_number - 1))
+        delay = random.uniform(0, min(settings.max_backoff, exponential))  # full jitter
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, settings.retry_after_cap))
+        return delay
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.status.retries += 1
+        self.metrics.sink_retries.labels(self.name).inc()
+        error = state.outcome.exception() if state.outcome else None
+        log.info(
+            "send_retry",
+            sink=self.name,
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 3),
+            error=str(error),
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise ShuttingDownError
+
+    def _record_failure(self, reason: str, message: str) -> None:
+        self.status.last_error = message
+        self.status.last_error_at = time.time()
+        self.metrics.sink_failures.labels(self.name, reason).inc()
+
+    async def _dead_letter(self, events: list[LLMEvent], reason: str, error: SinkError) -> None:
+        await self.dead_letters.write(self.name, events, reason, str(error))
+        self.status.dead_lettered += len(events)
+        self.metrics.sink_dead_lettered.labels(self.name, reason).inc(len(events))
+        log.error(
+            "events_dead_lettered",
+            sink=self.name,
+            reason=reason,
+            count=len(events),
+            error=str(error),
+            path=str(self.dead_letters.path(self.name)),
+        )
+
+
+def _failure_reason(error: SinkError) -> str:
+    if isinstance(error, PayloadTooLargeError):
+        return "too_large"
+    if isinstance(error, PermanentError):
+        return "permanent"
+    return "retryable"

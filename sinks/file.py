@@ -1,0 +1,187 @@
+"""File sink: one LLMEvent per line (JSON Lines), rotated by size, rotated files compressed.
+
+The active file is always ``RELAY_FILE_PATH``. When it would pass ``RELAY_FILE_MAX_MB`` it is
+renamed ``<stem>-<UTC timestamp><ext>`` (the Collector's file exporter naming) and compressed into a
+standard gzip or zstd stream, so ``zcat`` / ``zstdcat`` read every rotated file; only the newest
+``RELAY_FILE_MAX_BACKUPS`` are kept. All file work runs in one worker thread so that writes and
+compression never block the event loop, and a line is always written whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal
+
+import orjson
+import zstandard
+
+from receiver.settings import EnvReader
+from schemas import LLMEvent
+from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult
+from sinks.registry import SinkSpec
+
+Compression = Literal["none", "gzip", "zstd"]
+_SUFFIX: Final[dict[str, str]] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+# Below this much free space the setup check fails: rotation needs room for one more file.
+MIN_FREE_BYTES: Final = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileSinkConfig:
+    path: Path
+    max_bytes: int = 100 * 1024 * 1024
+    max_backups: int = 10
+    compress: Compression = "gzip"
+    fsync: bool = True
+
+    @classmethod
+    def from_env(cls, env: EnvReader, data_dir: Path) -> FileSinkConfig:
+        path = Path(env.text("RELAY_FILE_PATH") or data_dir / "llm-events.jsonl")
+        compress = env.choice("RELAY_FILE_COMPRESS", "gzip", ("none", "gzip", "zstd"))
+        return cls(
+            path=path,
+            max_bytes=env.integer("RELAY_FILE_MAX_MB", 100, 1, 1 << 20) * 1024 * 1024,
+            max_backups=env.integer("RELAY_FILE_MAX_BACKUPS", 10, 0, 100_000),
+            compress=compress,  # type: ignore[arg-type]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "max_mb": self.max_bytes // (1024 * 1024),
+            "max_backups": self.max_backups,
+            "compress": self.compress,
+        }
+
+
+class FileSink:
+    name: ClassVar[str] = "file"
+
+    def __init__(self, config: FileSinkConfig) -> None:
+        self.config = config
+        self._executor: ThreadPoolExecutor | None = None
+        self._handle: Any = None
+        self._size = 0
+
+    async def start(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-sink")
+
+    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
+        await self.start()
+        assert self._executor is not None
+        data = b"".join(orjson.dumps(event) + b"\n" for event in events)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, data)
+        except OSError as error:
+            # A full disk or a vanished directory can heal; the spool keeps the events meanwhile.
+            raise RetryableError(f"cannot write {self.config.path}: {error.strerror}") from error
+        return None
+
+    def _write(self, data: bytes) -> None:
+        if (
+            self._handle is not None
+            and self._size > 0
+            and self._size + len(data) > self.config.max_bytes
+        ):
+            self._rotate()
+        if self._handle is None:
+            self._open()
+        self._handle.write(data)
+        self._handle.flush()
+        if self.config.fsync:
+            os.fsync(self._handle.fileno())
+        self._size += len(data)
+
+    def _open(self) -> None:
+        self.config.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.config.path, "ab")  # noqa: SIM115 - held open across batches
+        self._size = self._handle.tell()
+
+    def _rotate(self) -> None:
+        self._handle.close()
+        self._handle = None
+        path = self.config.path
+        stamp = (
+            time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime())
+            + f".{time.time_ns() // 1_000_000 % 1000:03d}"
+        )
+        rotated = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+        os.replace(path, rotated)
+        if self.config.compress != "none":
+            compressed = rotated.with_name(rotated.name + _SUFFIX[self.config.compress])
+            partial = compressed.with_name(compressed.name + ".partial")
+            with open(rotated, "rb") as source, open(partial, "wb") as target:
+                if self.config.compress == "gzip":
+                    with gzip.GzipFile(fileobj=target, mode="wb", compresslevel=6) as stream:
+                        shutil.copyfileobj(source, stream, 1 << 20)
+                else:
+                    zstandard.ZstdCompressor(level=3).copy_stream(source, target)
+                target.flush()
+                os.fsync(target.fileno())
+            os.replace(partial, compressed)
+            rotated.unlink()
+        self._prune()
+
+    def rotated_files(self) -> list[Path]:
+        """Rotated files, oldest first (their names sort by time)."""
+        path = self.config.path
+        pattern = f"{path.stem}-*{path.suffix}*"
+        return sorted(p for p in path.parent.glob(pattern) if not p.name.endswith(".partial"))
+
+    def _prune(self) -> None:
+        rotated = self.rotated_files()
+        for old in rotated[: max(0, len(rotated) - self.config.max_backups)]:
+            old.unlink(missing_ok=True)
+
+    async def probe(self) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._probe)
+
+    def _probe(self) -> ProbeResult:
+        directory = self.config.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            check = directory / f".relay-probe-{os.getpid()}"
+            check.write_bytes(b"ok")
+            check.unlink()
+        except OSError as error:
+            return ProbeResult(False, f"File: cannot write to {directory}: {error.strerror}")
+        free = shutil.disk_usage(directory).free
+        details = {"path": str(self.config.path), "free_bytes": free}
+        if free < MIN_FREE_BYTES:
+            return ProbeResult(
+                False, f"File: only {free // (1024 * 1024)} MiB free in {directory}", details
+            )
+        return ProbeResult(
+            True, f"File: writing to {self.config.path} ({free // (1024 * 1024)} MiB free)", details
+        )
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_handle)
+            executor.shutdown(wait=True)
+
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+SPEC = SinkSpec(
+    name="file",
+    read_config=FileSinkConfig.from_env,
+    build=FileSink,
+    # Local disk: small, frequent batches keep the file close to real time.
+    defaults=DispatchSettings(batch_size=1000, flush_interval=0.2, max_retry_time=86400.0),
+)

@@ -1,0 +1,286 @@
+"""The durable spool: every accepted event is on disk before the sender gets its 2xx.
+
+An embedded SQLite database in WAL mode holds the events in arrival order (``seq``) and one cursor
+per sink, so each sink progresses on its own and a broken sink never holds another back.
+
+Durability: ``append`` returns only after the transaction holding the events has committed with
+``synchronous=FULL``, i.e. after the write-ahead log was fsynced. Concurrent requests share that
+fsync (group commit): while one commit is on disk, new appends queue up and go in the next one, so
+the cost is one fsync per commit, not per request. Hence an acknowledged event survives both a
+process crash (``kill -9``) and an OS crash or power loss. A sink's cursor moves only after its
+batch was delivered or dead-lettered, so after a crash in-flight batches are sent again
+(at-least-once; ``event_id`` lets receivers drop the duplicates).
+
+All database work runs in one dedicated thread; the event loop only waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+# Rows removed at most per cleanup transaction, so one cleanup never holds the thread for long.
+_CLEANUP_ROWS: Final = 50_000
+
+
+class SpoolFullError(Exception):
+    """The spool holds ``RELAY_SPOOL_MAX_BYTES`` already: ingest must answer 503."""
+
+
+class Record(NamedTuple):
+    seq: int
+    received: float  # unix seconds
+    body: bytes
+
+
+@dataclass(slots=True)
+class _PendingAppend:
+    bodies: Sequence[bytes]
+    received: float
+    size: int
+    done: asyncio.Future[None]
+
+
+class Spool:
+    def __init__(self, path: Path, max_bytes: int, sinks: Iterable[str]) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.sinks = tuple(sinks)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[_PendingAppend] = []
+        self._pending_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._acked = asyncio.Event()
+        self._new_data: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sinks}
+        self.cursors: dict[str, int] = {}
+        self.last_seq = 0
+        self.stored_bytes = 0
+        self._closed = False
+        self.abandoned: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open)
+        self._committer = asyncio.create_task(self._commit_loop(), name="spool-commit")
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS events"
+            " (seq INTEGER PRIMARY KEY, received REAL NOT NULL, body BLOB NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+        )
+        self.last_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        known = dict(db.execute("SELECT sink, seq FROM cursors").fetchall())
+        db.execute("BEGIN")
+        for name in self.sinks:
+            # A newly enabled sink starts with what arrives from now on; `replay` sends history.
+            self.cursors[name] = known.pop(name, self.last_seq)
+            db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (name, self.cursors[name]))
+        for name, seq in known.items():
+            # A sink no longer enabled must not pin the spool forever: remember what it leaves.
+            self.abandoned[name] = max(0, self.last_seq - seq)
+            db.execute("DELETE FROM cursors WHERE sink = ?", (name,))
+        db.execute("COMMIT")
+        self._db = db
+        self._cleanup()
+        self.stored_bytes = db.execute(
+            "SELECT COALESCE(SUM(length(body)), 0) FROM events"
+        ).fetchone()[0]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            self._wakeup.set()
+            await self._committer
+            self._committer = None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_db)
+        self._executor.shutdown(wait=True)
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def has_room(self, size: int) -> bool:
+        return self.stored_bytes + self._pending_bytes + size <= self.max_bytes
+
+    @property
+    def full(self) -> bool:
+        # Ready to take at least a typical request (64 KiB) more.
+        return not self.has_room(64 * 1024)
+
+    async def append(self, bodies: Sequence[bytes]) -> None:
+        """Store events durably; returns once they would survive a crash."""
+        if not bodies:
+            return
+        if self._closed:
+            raise SpoolFullError("the spool is closed (the relay is stopping)")
+        size = sum(len(body) for body in bodies)
+        if not self.has_room(size):
+            raise SpoolFullError(
+                f"the spool holds {self.stored_bytes} bytes of undelivered events"
+                f" (RELAY_SPOOL_MAX_BYTES={self.max_bytes})"
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingAppend(bodies, time.time(), size, done))
+        self._pending_bytes += size
+        self._wakeup.set()
+        await done
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                size = sum(item.size for item in batch)
+                try:
+                    await loop.run_in_executor(self._executor, self._commit, batch, self.last_seq)
+                except Exception as error:  # every waiter must hear of it
+                    self._pending_bytes -= size
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(SpoolFullError(f"spool write failed: {error}"))
+                    continue
+                self.last_seq += sum(len(item.bodies) for item in batch)
+                self.stored_bytes += size
+                self._pending_bytes -= size
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+                for event in self._new_data.values():
+                    event.set()
+            if self._closed and not self._pending:
+                return
+
+    def _commit(self, batch: list[_PendingAppend], last_seq: int) -> None:
+        assert self._db is not None
+        seq = last_seq
+        rows = []
+        for item in batch:
+            for body in item.bodies:
+                seq += 1
+                rows.append((seq, item.received, body))
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- reading, per sink -----------------------------------------------------------------------
+
+    def backlog(self, sink: str) -> int:
+        return self.last_seq - self.cursors[sink]
+
+    def appended(self, sink: str) -> asyncio.Event:
+        """Set whenever new events are committed; the sink's dispatcher clears it to wait."""
+        return self._new_data[sink]
+
+    async def read(self, sink: str, limit: int, max_bytes: int) -> list[Record]:
+        """The next events for a sink, oldest first: at most ``limit`` and about ``max_bytes``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._read, self.cursors[sink], limit, max_bytes
+        )
+
+    def _read(self, after: int, limit: int, max_bytes: int) -> list[Record]:
+        assert self._db is not None
+        rows = self._db.execute(
+            "SELECT seq, received, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        records: list[Record] = []
+        total = 0
+        for seq, received, body in rows:
+            if records and total + len(body) > max_bytes:
+                break
+            records.append(Record(seq, received, body))
+            total += len(body)
+        return records
+
+    async def oldest_pending(self, sink: str) -> float | None:
+        """When the oldest event not yet resolved for ``sink`` arrived (unix seconds)."""
+        if self.backlog(sink) <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._oldest, self.cursors[sink])
+
+    def _oldest(self, after: int) -> float | None:
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT received FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    async def ack(self, sink: str, upto: int) -> None:
+        """Everything up to ``upto`` is resolved for ``sink``: delivered, dead-lettered, dropped."""
+        loop = asyncio.get_running_loop()
+        previous_floor = min(self.cursors.values())
+        self.cursors[sink] = upto
+        freed = await loop.run_in_executor(
+            self._executor, self._ack, sink, upto, min(self.cursors.values()) > previous_floor
+        )
+        self.stored_bytes -= freed
+        self._acked.set()
+
+    async def wait_resolved(self, sink: str) -> None:
+        """Wait until every event spooled so far is resolved for ``sink``."""
+        target = self.last_seq
+        while self.cursors[sink] < target:
+            self._acked.clear()
+            await self._acked.wait()
+
+    def _ack(self, sink: str, upto: int, cleanup: bool) -> int:
+        assert self._db is not None
+        self._db.execute("UPDATE cursors SET seq = ? WHERE sink = ?", (upto, sink))
+        return self._cleanup() if cleanup else 0
+
+    def _cleanup(self) -> int:
+        """Delete events every sink is done with; returns the bytes freed."""
+        assert self._db is not None
+        if not self.cursors:
+            return 0
+        floor = min(self.cursors.values())
+        freed = 0
+        while True:
+            db = self._db
+            db.execute("BEGIN")
+            row = db.execute(
+                "SELECT MAX(seq), COALESCE(SUM(length(body)), 0) FROM"
+                " (SELECT seq, body FROM events WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (floor, _CLEANUP_ROWS),
+            ).fetchone()
+            upto, size = row
+            if upto is None:
+                db.execute("COMMIT")
+                return freed
+            db.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+            db.execute("COMMIT")
+            freed += int(size)
+            if upto >= floor:
+                return freed

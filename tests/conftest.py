@@ -1,0 +1,41 @@
+"""Fixtures shared by every test: real peers on loopback and the fixture files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.scripted_server import ScriptedServer
+from tests.helpers.test_agent import TestAgent, agent_executable
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_json(name: str) -> Any:
+    """A fixture file from ``tests/fixtures`` (copied from the project's research, source noted)."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.fixture(scope="session")
+def test_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestAgent]:
+    executable = agent_executable()
+    if executable is None:
+        pytest.fail("ddapm-test-agent not found: run the tests through `make test`")
+    agent = TestAgent(executable, tmp_path_factory.mktemp("test-agent"))
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+async def scripted_server() -> AsyncIterator[ScriptedServer]:
+    server = await ScriptedServer().start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,119 @@
+"""The relay as users run it: a subprocess (``python -m receiver``) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import urllib3
+
+from tests.helpers.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RelayProcess:
+    """Start, wait until ready, talk to, and stop (gracefully or with ``kill -9``) a relay."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"relay-{self.port}.log"
+        self.http = urllib3.PoolManager(retries=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def events_file(self) -> Path:
+        return Path(self.extra_env.get("RELAY_FILE_PATH", self.data_dir / "llm-events.jsonl"))
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DD_", "OTEL_"))}
+        env.update(
+            {
+                "RELAY_HOST": "127.0.0.1",
+                "RELAY_PORT": str(self.port),
+                "RELAY_DATA_DIR": str(self.data_dir),
+                "RELAY_FILE_FLUSH_INTERVAL": "0.05",
+                "RELAY_SHUTDOWN_GRACE": "5",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "receiver"],
+            cwd=ROOT,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.http.request("GET", self.url + "/readyz", timeout=1.0).status == 200:
+                    return self
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"relay not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> urllib3.BaseHTTPResponse:
+        return self.http.request(
+            method, self.url + path, body=body, headers=dict(headers or {}), timeout=timeout
+        )
+
+    def get_json(self, path: str) -> Any:
+        return orjson.loads(self.request("GET", path).data)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The file sink's events so far (a partial last line is still being written)."""
+        if not self.events_file.exists():
+            return []
+        lines = self.events_file.read_bytes().split(b"\n")
+        return [orjson.loads(line) for line in lines[:-1] if line]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the relay drains within its grace period."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"relay did not stop within {timeout}s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        """``kill -9``: no chance to flush or drain."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,23 @@
+"""A relay subprocess with the file sink, shared by the receiver tests of one module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.relay import RelayProcess
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    process = RelayProcess(tmp_path_factory.mktemp("relay")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

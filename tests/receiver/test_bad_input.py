@@ -1,0 +1,211 @@
+"""Bad input gets a clear 4xx, the relay stays up, and memory stays bounded."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+
+import orjson
+import psutil
+import pytest
+import zstandard
+
+from tests.helpers.relay import RelayProcess
+
+TOKEN = "s3cret-ingest-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json", **AUTH}
+PROTO = {"Content-Type": "application/x-protobuf", **AUTH}
+MAX_BODY = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    env = {"RELAY_INGEST_TOKENS": f"acme={TOKEN}", "RELAY_MAX_BODY_BYTES": str(MAX_BODY)}
+    process = RelayProcess(tmp_path_factory.mktemp("relay"), env).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def deep(depth: int) -> bytes:
+    return b'{"resourceSpans":' + b"[" * depth + b"]" * depth + b"}"
+
+
+BAD_REQUESTS = [
+    (
+        "truncated protobuf",
+        "/v1/traces",
+        b"\x0a\xff\xff\xff\x0f\x12",
+        PROTO,
+        400,
+        "invalid OTLP protobuf",
+    ),
+    ("invalid JSON", "/v1/traces", b'{"resourceSpans": [', JSON, 400, "invalid OTLP JSON"),
+    ("JSON that is not an object", "/v1/traces", b"[1, 2]", JSON, 400, "must be an object"),
+    (
+        "resourceSpans of the wrong type",
+        "/v1/traces",
+        b'{"resourceSpans": "x"}',
+        JSON,
+        400,
+        "resourceSpans must be an array",
+    ),
+    ("deep nesting", "/v1/traces", deep(100_000), JSON, 400, "invalid OTLP JSON"),
+    (
+        "wrong content type",
+        "/v1/traces",
+        b"{}",
+        {"Content-Type": "text/plain", **AUTH},
+        415,
+        "unsupported Content-Type",
+    ),
+    (
+        "unsupported encoding",
+        "/v1/traces",
+        b"{}",
+        {**JSON, "Content-Encoding": "br"},
+        415,
+        "unsupported Content-Encoding",
+    ),
+    (
+        "corrupt gzip",
+        "/v1/traces",
+        b"this is not gzip",
+        {**JSON, "Content-Encoding": "gzip"},
+        400,
+        "invalid gzip body",
+    ),
+    (
+        "truncated gzip",
+        "/v1/traces",
+        gzip.compress(b'{"resourceSpans":[]}')[:-12],
+        {**JSON, "Content-Encoding": "gzip"},
+        400,
+        "truncated gzip body",
+    ),
+    (
+        "corrupt zstd",
+        "/v1/traces",
+        b"\x28\xb5\x2f\xfd garbage",
+        {**JSON, "Content-Encoding": "zstd"},
+        400,
+        "invalid zstd body",
+    ),
+    ("too large as sent", "/v1/traces", b" " * (MAX_BODY + 1), JSON, 413, "exceeds"),
+    (
+        "missing token",
+        "/v1/traces",
+        b"{}",
+        {"Content-Type": "application/json"},
+        401,
+        "bearer token",
+    ),
+    (
+        "wrong token",
+        "/v1/traces",
+        b"{}",
+        {"Content-Type": "application/json", "Authorization": "Bearer nope"},
+        401,
+        "bearer token",
+    ),
+    (
+        "wrong scheme",
+        "/v1/traces",
+        b"{}",
+        {"Content-Type": "application/json", "Authorization": f"Basic {TOKEN}"},
+        401,
+        "bearer token",
+    ),
+    ("empty webhook body", "/v1/webhooks/otoroshi", b"", JSON, 400, "empty body"),
+    ("invalid webhook JSON", "/v1/webhooks/litellm", b"[{", JSON, 400, "invalid JSON"),
+    ("webhook scalar", "/v1/events", b"42", JSON, 400, "expected a JSON array or object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "message"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_request_gets_a_clear_error(
+    relay: RelayProcess, path: str, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
+    response = relay.request("POST", path, body, headers)
+    assert response.status == status, response.data
+    text = response.data.decode(errors="replace")
+    if headers.get("Content-Type") == "application/x-protobuf" and path == "/v1/traces":
+        from google.rpc.status_pb2 import Status
+
+        text = Status.FromString(response.data).message
+    assert message in text
+    assert TOKEN not in text
+    assert relay.request("GET", "/livez").status == 200
+
+
+def test_gzip_bomb_is_refused_without_inflating_memory(relay: RelayProcess) -> None:
+    bomb = gzip.compress(b"\0" * (512 * 1024 * 1024), compresslevel=9)  # 512 MiB from ~0.5 MiB
+    assert len(bomb) < MAX_BODY
+    process = psutil.Process(relay.process.pid)  # type: ignore[union-attr]
+    before = process.memory_info().rss
+    for encoding, body in (("gzip", bomb), ("zstd", zstandard.compress(b"\0" * (256 << 20)))):
+        response = relay.request("POST", "/v1/traces", body, {**JSON, "Content-Encoding": encoding})
+        assert response.status == 413
+        assert b"after decompression" in response.data
+    grown = process.memory_info().rss - before
+    assert grown < 64 * 1024 * 1024, f"RSS grew by {grown >> 20} MiB"
+    assert relay.request("GET", "/readyz").status == 200
+
+
+def test_valid_token_tags_events_with_its_tenant_and_never_logs_it(relay: RelayProcess) -> None:
+    trace_id = os.urandom(16).hex()
+    body = orjson.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": trace_id,
+                                    "spanId": os.urandom(8).hex(),
+                                    "startTimeUnixNano": "1",
+                                    "endTimeUnixNano": "2",
+                                    "attributes": [
+                                        {
+                                            "key": "gen_ai.request.model",
+                                            "value": {"stringValue": "m"},
+                                        },
+                                        {
+                                            "key": "http.request.header.authorization",
+                                            "value": {"stringValue": "Bearer sk-live-123"},
+                                        },
+                                        {
+                                            "key": "x-api-key",
+                                            "value": {"stringValue": "sk-or-v1-abcdefabcdefabcdef"},
+                                        },
+                                    ],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+    assert relay.request("POST", "/v1/traces", body, JSON).status == 200
+    from tests.helpers.waiting import wait_until
+
+    (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
+    assert event["source"]["tenant"] == "acme"
+    stored = relay.events_file.read_text()
+    for secret in (TOKEN, "sk-live-123", "sk-or-v1-abcdefabcdefabcdef"):
+        assert secret not in stored
+        assert secret not in relay.log()
+
+
+def test_health_metrics_and_status_stay_open_without_a_token(relay: RelayProcess) -> None:
+    for path in ("/livez", "/readyz", "/metrics", "/v1/status"):
+        assert relay.request("GET", path).status == 200, path

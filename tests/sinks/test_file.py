@@ -1,0 +1,168 @@
+"""The file sink: JSON Lines, size rotation, retention, compressed backups readable by zcat/zstdcat."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from receiver.settings import EnvReader
+from schemas import LLMEvent
+from sinks.base import RetryableError
+from sinks.file import FileSink, FileSinkConfig
+
+
+def event(index: int, padding: int = 0) -> LLMEvent:
+    return {
+        "schema": "llm-event/1",
+        "event_id": f"e{index:06d}",
+        "received_at": "2026-11-22T00:00:00.000000000Z",
+        "source": {"format": "native", "gateway": "tests", "test": False},
+        "trace_id": "0" * 32,
+        "span_id": f"{index:016x}",
+        "start_time": "2026-11-22T00:00:00.000000000Z",
+        "end_time": "2026-11-22T00:00:01.000000000Z",
+        "operation": "chat",
+        "status": "ok",
+        "usage": {},
+        "cost": {"currency": "USD", "source": "unknown"},
+        "attributes": {"padding": "x" * padding, "text": "line\nbreak"},
+    }
+
+
+def read_lines(command: list[str], path: Path) -> list[dict[str, object]]:
+    output = subprocess.run([*command, str(path)], check=True, capture_output=True).stdout
+    return [orjson.loads(line) for line in output.splitlines()]
+
+
+async def test_one_event_per_line(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(path=tmp_path / "out" / "events.jsonl"))
+    await sink.start()
+    await sink.send([event(1), event(2)])
+    await sink.send([event(3)])
+    await sink.close()
+    lines = (tmp_path / "out" / "events.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [orjson.loads(line)["event_id"] for line in lines[:-1]] == [
+        "e000001",
+        "e000002",
+        "e000003",
+    ]
+    assert orjson.loads(lines[0])["attributes"]["text"] == "line\nbreak"
+
+
+@pytest.mark.parametrize(
+    ("compress", "reader", "suffix"),
+    [
+        ("gzip", ["zcat"], ".gz"),
+        ("zstd", ["zstdcat"], ".zst"),
+        ("none", ["cat"], ""),
+    ],
+)
+async def test_rotation_compresses_and_keeps_max_backups(
+    tmp_path: Path, compress: str, reader: list[str], suffix: str
+) -> None:
+    path = tmp_path / "events.jsonl"
+    config = FileSinkConfig(path=path, max_bytes=20_000, max_backups=3, compress=compress)  # type: ignore[arg-type]
+    sink = FileSink(config)
+    await sink.start()
+    for batch in range(12):
+        await sink.send([event(batch * 10 + i, padding=400) for i in range(10)])
+    await sink.close()
+    rotated = sink.rotated_files()
+    assert len(rotated) == 3
+    assert all(p.name.startswith("events-") and p.name.endswith(".jsonl" + suffix) for p in rotated)
+    assert not list(tmp_path.glob("*.partial"))
+    seen: list[str] = []
+    for backup in rotated:
+        lines = read_lines(reader, backup)
+        assert lines
+        seen.extend(str(line["event_id"]) for line in lines)
+    seen.extend(str(orjson.loads(line)["event_id"]) for line in path.read_bytes().splitlines())
+    # Retention drops the oldest files whole; what is kept is contiguous and ends with the newest.
+    numbers = [int(s[1:]) for s in seen]
+    assert numbers == sorted(numbers)
+    assert numbers[-1] == 119
+    assert numbers == list(range(numbers[0], 120))
+    assert all(os.path.getsize(p) <= 20_000 for p in [path])
+
+
+async def test_writes_happen_off_the_event_loop(tmp_path: Path) -> None:
+    sink = FileSink(
+        FileSinkConfig(path=tmp_path / "events.jsonl", max_bytes=1 << 20, compress="gzip")
+    )
+    await sink.start()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    for batch in range(5):
+        await sink.send([event(batch * 500 + i, padding=1000) for i in range(500)])
+    ticker.cancel()
+    await sink.close()
+    # The loop kept running while batches were written and rotated files compressed.
+    assert ticks > 50
+
+
+async def test_unwritable_directory_is_retryable_and_probe_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be")
+    sink = FileSink(FileSinkConfig(path=blocker / "events.jsonl"))
+    with pytest.raises(RetryableError, match="cannot write"):
+        await sink.send([event(1)])
+    result = await sink.probe()
+    assert not result.ok
+    assert str(blocker) in result.message
+    await sink.close()
+
+
+async def test_probe_reports_path_and_free_space(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(path=tmp_path / "new" / "events.jsonl"))
+    result = await sink.probe()
+    assert result.ok
+    assert str(tmp_path / "new" / "events.jsonl") in result.message
+    assert int(result.details["free_bytes"]) > 0
+    assert not list((tmp_path / "new").iterdir())
+
+
+async def test_lifecycle_close_twice_and_without_start(tmp_path: Path) -> None:
+    never_started = FileSink(FileSinkConfig(path=tmp_path / "a.jsonl"))
+    await never_started.close()
+    await never_started.close()
+    sink = FileSink(FileSinkConfig(path=tmp_path / "b.jsonl"))
+    await sink.start()
+    await sink.send([event(1)])
+    await sink.close()
+    await sink.close()
+    assert (tmp_path / "b.jsonl").read_bytes().count(b"\n") == 1
+
+
+def test_default_config_from_env(tmp_path: Path) -> None:
+    env = EnvReader({})
+    config = FileSinkConfig.from_env(env, tmp_path)
+    assert env.problems == []
+    assert config.path == tmp_path / "llm-events.jsonl"
+    assert (config.max_bytes, config.max_backups, config.compress) == (100 << 20, 10, "gzip")
+
+
+def test_bad_settings_are_all_named(tmp_path: Path) -> None:
+    env = EnvReader(
+        {
+            "RELAY_FILE_MAX_MB": "lots",
+            "RELAY_FILE_COMPRESS": "brotli",
+            "RELAY_FILE_MAX_BACKUPS": "-1",
+        }
+    )
+    FileSinkConfig.from_env(env, tmp_path)
+    assert len(env.problems) == 3
+    for name in ("RELAY_FILE_MAX_MB", "RELAY_FILE_COMPRESS", "RELAY_FILE_MAX_BACKUPS"):
+        assert any(problem.startswith(name) for problem in env.problems)

@@ -25,6 +25,7 @@ from receiver.app import create_app
 from receiver.config import ConfigError, RelayConfig, load_config
 from receiver.logs import configure_logging
 from receiver.metrics import Metrics
+from receiver.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
@@ -98,22 +99,18 @@ def serve(config: RelayConfig) -> int:
 # -- test-connection -----------------------------------------------------------------------------
 
 
-async def _test_connection(config: RelayConfig) -> int:
-    ok = True
-    for name, setup in config.sinks.items():
-        sink = setup.spec.build(setup.config)
-        try:
+async def _test_connection(config: RelayConfig, send_test_event: bool) -> int:
+    sinks = {name: setup.spec.build(setup.config) for name, setup in config.sinks.items()}
+    try:
+        for sink in sinks.values():
             await sink.start()
-            result = await asyncio.wait_for(sink.probe(), 30)
-        except TimeoutError:
-            result_ok, message = False, f"{name}: no answer within 30s"
-        else:
-            result_ok, message = result.ok, result.message
-        finally:
+        results = await check_sinks(sinks, send_test_event)
+    finally:
+        for sink in sinks.values():
             await sink.close()
-        ok = ok and result_ok
-        print(f"{'PASS' if result_ok else 'FAIL'}  {message}")
-    return 0 if ok else 1
+    for result in results.values():
+        print(f"{'PASS' if result.ok else 'FAIL'}  {result.message}")
+    return 0 if all(result.ok for result in results.values()) else 1
 
 
 # -- replay --------------------------------------------------------------------------------------
@@ -211,7 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the relay (the default)")
-    commands.add_parser("test-connection", help="probe every enabled sink; exit 0 if all pass")
+    check_parser = commands.add_parser(
+        "test-connection", help="probe every enabled sink; exit 0 only if all pass"
+    )
+    check_parser.add_argument(
+        "--send-test-event",
+        action="store_true",
+        help="also send one event marked source.test through every sink",
+    )
     replay_parser = commands.add_parser("replay", help="re-send a file-sink or dead-letter file")
     replay_parser.add_argument("file", type=Path)
     replay_parser.add_argument(
@@ -230,6 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         return serve(config)
     if args.command == "test-connection":
-        return asyncio.run(_test_connection(config))
+        return asyncio.run(_test_connection(config, args.send_test_event))
     only = [name.strip() for name in args.sinks.split(",") if name.strip()]
     return asyncio.run(_replay(config, args.file, only))

@@ -87,7 +87,20 @@ def _read_tokens(env: EnvReader) -> dict[str, str | None]:
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> RelayConfig:
-    env = EnvReader(os.environ if environ is None else environ)
+    return _load(EnvReader(os.environ if environ is None else environ))
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable the relay reads, with every sink enabled."""
+    env = EnvReader({"RELAY_SINKS": ",".join(sink_specs())})
+    try:
+        _load(env)
+    except ConfigError:
+        pass  # required values are missing here; the names were read all the same
+    return frozenset(env.names)
+
+
+def _load(env: EnvReader) -> RelayConfig:
     data_dir = Path(env.text("RELAY_DATA_DIR", "./data") or "./data")
     specs = sink_specs()
     enabled = env.items("RELAY_SINKS", ("file",))
@@ -120,4 +133,4 @@ def load_config(environ: Mapping[str, str] | None = None) -> RelayConfig:
     return config
 
 
-__all__ = ["ConfigError", "RelayConfig", "SinkSetup", "load_config"]
+__all__ = ["ConfigError", "RelayConfig", "SinkSetup", "known_variables", "load_config"]

@@ -42,14 +42,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def test_connection(request: web.Request) -> web.Response:
-    relay = request.app[RELAY]
-    results = await relay.probe()
+    send = request.query.get("send_test_event", "").lower() in ("1", "true", "yes")
+    results = await request.app[RELAY].check(send_test_event=send)
     ok = all(result.ok for result in results.values())
-    body = {
-        "ok": ok,
-        "sinks": {
-            name: {"ok": result.ok, "message": result.message, **dict(result.details)}
-            for name, result in results.items()
-        },
-    }
+    body = {"ok": ok, "sinks": {name: result.as_dict() for name, result in results.items()}}
     return _json(body, 200 if ok else 503)

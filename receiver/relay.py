@@ -10,14 +10,13 @@ import structlog
 
 from receiver.config import RelayConfig
 from receiver.metrics import Metrics
-from sinks.base import ProbeResult, Sink
+from receiver.setup_check import SinkCheck, check_sinks
+from sinks.base import Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
 
 log = structlog.get_logger("relay")
-
-PROBE_TIMEOUT = 15.0
 
 
 class Relay:
@@ -85,17 +84,8 @@ class Relay:
             kept_in_spool={name: self.spool.backlog(name) for name in self.sinks},
         )
 
-    async def probe(self) -> dict[str, ProbeResult]:
-        async def one(name: str, sink: Sink) -> tuple[str, ProbeResult]:
-            try:
-                return name, await asyncio.wait_for(sink.probe(), PROBE_TIMEOUT)
-            except TimeoutError:
-                return name, ProbeResult(False, f"{name}: no answer within {PROBE_TIMEOUT:.0f}s")
-            except Exception as error:  # a probe bug is a failed check, not a 500
-                return name, ProbeResult(False, f"{name}: probe failed: {error}")
-
-        results = await asyncio.gather(*(one(n, s) for n, s in self.sinks.items()))
-        return dict(results)
+    async def check(self, send_test_event: bool = False) -> dict[str, SinkCheck]:
+        return await check_sinks(self.sinks, send_test_event)
 
     async def status(self) -> dict[str, Any]:
         now = time.time()

@@ -33,6 +33,8 @@ class EnvReader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        # Every variable consulted, so that deployment files can be checked against the code.
+        self.names: set[str] = set()
 
     def problem(self, name: str, message: str) -> None:
         self.problems.append(f"{name}: {message}")
@@ -42,6 +44,7 @@ class EnvReader:
             raise ConfigError(self.problems)
 
     def text(self, name: str, default: str | None = None) -> str | None:
+        self.names.add(name)
         value = self.environ.get(name, "").strip()
         return value if value else default
 

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
@@ -37,7 +38,7 @@ from sinks.base import (
     SendResult,
     SinkError,
 )
-from sinks.datadog_format import EncodedBatch, Mode, SpanFormat, encode_batch
+from sinks.datadog_format import EncodedBatch, Mode, SpanFormat, encode_batch, ml_app_problem
 from sinks.registry import SinkSpec
 
 log = structlog.get_logger("relay.sinks.datadog")
@@ -57,7 +58,6 @@ AGENT_SPANS_PATH: Final = "/evp_proxy/v2/api/v2/llmobs"
 AGENT_EVP_ENDPOINT: Final = "/evp_proxy/v2/"
 EVP_SUBDOMAIN: Final = "llmobs-intake"
 USER_AGENT: Final = f"llm-broadcast-relay/{__version__}"
-ML_APP_MAX: Final = 193
 # The intake refuses spans more than 24 hours old. Stop an hour short so a batch in flight is not
 # refused on arrival.
 MAX_EVENT_AGE: Final = 23 * 3600.0
@@ -90,31 +90,6 @@ def site_problem(site: str, *, custom_url: bool) -> str | None:
             "(set RELAY_DATADOG_URL to reach a site not listed)"
         )
     return None
-
-
-def ml_app_problem(name: str) -> str | None:
-    """Why ``name`` breaks Datadog's ml_app naming rules, or None."""
-    reasons = []
-    if len(name) > ML_APP_MAX:
-        reasons.append(f"{len(name)} characters, at most {ML_APP_MAX} allowed")
-    if name != name.lower():
-        reasons.append("upper-case letters")
-    bad = sorted({c for c in name if not (c.isalnum() or c in "_-:./")})
-    if bad:
-        reasons.append("characters " + " ".join(repr(c) for c in bad))
-    if "__" in name:
-        reasons.append("contiguous underscores")
-    if name.endswith("_"):
-        reasons.append("a trailing underscore")
-    if not reasons:
-        return None
-    suggestion = re.sub(r"_+", "_", re.sub(r"[^\w\-:./]|_", "_", name.lower()))
-    suggestion = suggestion[:ML_APP_MAX].rstrip("_") or "llm-app"
-    return (
-        f"{name!r} breaks Datadog's ml_app naming rules ({', '.join(reasons)}): use lower-case "
-        f"letters, digits and _ - : . / only, at most {ML_APP_MAX} characters, no '__' and no "
-        f"trailing '_', e.g. {suggestion!r}"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +223,10 @@ class DatadogSink:
             return None
         await self.start()
         assert self._session is not None
-        batch = await self._encode(events)
+        try:
+            batch = await self._encode(events)
+        except (TypeError, ValueError) as error:  # an event no JSON encoder takes: isolate it
+            raise PermanentError(f"Datadog: cannot encode the batch: {error}") from error
         if len(batch.body) > self.config.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"Datadog: {len(events)} spans encode to {len(batch.body)} bytes, over the "
@@ -288,13 +266,6 @@ class DatadogSink:
             return await self._probe_agent()
         return await asyncio.to_thread(self._probe_key)
 
-    def _details(self) -> dict[str, Any]:
-        return {
-            "mode": self.config.mode,
-            "site": self.config.site,
-            "intake": self.config.intake_url,
-        }
-
     def _probe_key(self) -> ProbeResult:
         """Validate the key with the Datadog API client (blocking: runs in a thread)."""
         from datadog_api_client import ApiClient, Configuration
@@ -306,84 +277,75 @@ class DatadogSink:
         from datadog_api_client.v1.api.authentication_api import AuthenticationApi
 
         config = self.config
-        details = self._details()
         configuration = Configuration(  # type: ignore[no-untyped-call]
             host=config.base_url,
             request_timeout=config.timeout,
             retry_policy=urllib3.util.Retry(total=0, raise_on_status=False),
         )
         configuration.api_key["apiKeyAuth"] = config.api_key or ""
-        rejected = ProbeResult(False, f"Datadog: API key rejected for site {config.site}", details)
         try:
             with ApiClient(configuration) as client:
                 answer = AuthenticationApi(client).validate()  # type: ignore[no-untyped-call]
         except (UnauthorizedException, ForbiddenException):
-            return rejected
+            return self._verdict(False, f"API key rejected for site {config.site}")
         except ApiException as error:
             body = error.body
             raw = orjson.dumps(body) if isinstance(body, dict | list) else str(body or "").encode()
             said = f"{error.status}: {intake_message(raw)}".rstrip(": ")
-            return ProbeResult(
-                False, f"Datadog: {config.host} answered {said} to the key check", details
-            )
+            return self._verdict(False, f"{config.host} answered {said} to the key check")
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            return ProbeResult(
-                False,
-                f"Datadog: cannot reach {config.host}: {reason(error, config.timeout)}",
-                details,
+            return self._verdict(
+                False, f"cannot reach {config.host}: {reason(error, config.timeout)}"
             )
         if not getattr(answer, "valid", False):
-            return rejected
-        return ProbeResult(
+            return self._verdict(False, f"API key rejected for site {config.site}")
+        return self._verdict(
             True,
-            f"Datadog: API key valid for site {config.site}; spans go to {config.intake_url} "
+            f"API key valid for site {config.site}; spans go to {config.intake_url} "
             f"as ml_app {config.ml_app}",
-            details,
         )
 
     async def _probe_agent(self) -> ProbeResult:
+        """The Agent answers ``/info`` and lists its EVP proxy, through which the spans go."""
         config = self.config
-        details = self._details()
         timeout = aiohttp.ClientTimeout(total=min(config.timeout, 10.0))
         session = self._session or aiohttp.ClientSession()
         try:
             async with session.get(config.base_url + "/info", timeout=timeout) as response:
                 if response.status != 200:
-                    return ProbeResult(
-                        False,
-                        f"Datadog: agent at {config.base_url} answered {response.status} to /info",
-                        details,
+                    return self._verdict(
+                        False, f"agent at {config.base_url} answered {response.status} to /info"
                     )
                 info = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            return ProbeResult(
-                False,
-                f"Datadog: cannot reach {config.host}: {reason(error, timeout.total)}",
-                details,
+            return self._verdict(
+                False, f"cannot reach {config.host}: {reason(error, timeout.total)}"
             )
         except ValueError:
-            return ProbeResult(
-                False, f"Datadog: {config.base_url}/info is not a Datadog Agent's answer", details
-            )
+            return self._verdict(False, f"{config.base_url}/info is not a Datadog Agent's answer")
         finally:
             if session is not self._session:
                 await session.close()
-        endpoints = info.get("endpoints") if isinstance(info, dict) else None
-        version = info.get("version") if isinstance(info, dict) else None
-        details = {**details, "agent_version": version}
-        if not isinstance(endpoints, list) or AGENT_EVP_ENDPOINT not in endpoints:
-            return ProbeResult(
+        info = info if isinstance(info, dict) else {}
+        version = info.get("version")
+        if AGENT_EVP_ENDPOINT not in (info.get("endpoints") or ()):
+            return self._verdict(
                 False,
-                f"Datadog: the agent at {config.base_url} does not list {AGENT_EVP_ENDPOINT} in "
-                "/info: its EVP proxy is off or the Agent is too old to carry LLM Observability",
-                details,
+                f"the agent at {config.base_url} does not list {AGENT_EVP_ENDPOINT} in /info: its "
+                "EVP proxy is off or the Agent is too old to carry LLM Observability",
+                agent_version=version,
             )
-        return ProbeResult(
+        return self._verdict(
             True,
-            f"Datadog: agent at {config.base_url} reachable (version {version}) with an EVP proxy; "
-            f"spans go to LLM Observability as ml_app {config.ml_app}",
-            details,
+            f"agent at {config.base_url} reachable (version {version}) with an EVP proxy; spans "
+            f"go to LLM Observability as ml_app {config.ml_app}",
+            agent_version=version,
         )
+
+    def _verdict(self, ok: bool, message: str, **details: Any) -> ProbeResult:
+        config = self.config
+        facts = {"mode": config.mode, "site": config.site, "intake": config.intake_url, **details}
+        return ProbeResult(ok, f"Datadog: {message}", facts)
 
 
 def classify(
@@ -448,6 +410,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
             when = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+            when = when.replace(tzinfo=UTC)
         return max(0.0, when.timestamp() - time.time())
     reset = headers.get("X-RateLimit-Reset")
     try:

@@ -38,6 +38,7 @@ DROPPED: Final = "[dropped by llm-broadcast-relay: content over Datadog's span s
 TAG_MAX_CHARS: Final = 200  # Datadog cuts tags at 200 characters
 VALUE_MAX_CHARS: Final = 1024  # metadata strings: request parameters are short; cap the odd one
 ERROR_MAX_CHARS: Final = 8192
+ML_APP_MAX: Final = 193
 ENVELOPE_ALLOWANCE: Final = 4096  # room for the body's wrapper around the spans
 _TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z$")
 _TEXT_PARTS: Final = frozenset({"text", "reasoning", "tool_call_response"})
@@ -159,7 +160,7 @@ def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
     metadata: dict[str, str | float | bool] = {}
     for key, value in (event.get("attributes") or {}).items():
         if key.startswith("gen_ai.request.") and key != "gen_ai.request.model":
-            scalar = _scalar(value)
+            scalar = _scalar(value, numeric_strings=True)  # OpenRouter sends "0.2"
             if scalar is not None:
                 metadata[key.removeprefix("gen_ai.request.")] = scalar
     source: Mapping[str, Any] = event.get("source") or {}
@@ -278,10 +279,10 @@ def _part_text(part: Mapping[str, Any]) -> str:
     kind = str(part.get("type") or "text")
     content = part.get("content")
     if kind in _TEXT_PARTS and content is not None:
-        return content if isinstance(content, str) else orjson.dumps(content).decode()
+        return content if isinstance(content, str) else json_text(content)
     if kind == "tool_call":
         arguments = part.get("arguments")
-        text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+        text = arguments if isinstance(arguments, str) else json_text(arguments)
         return f"[tool_call {part.get('name') or ''}] {text}"
     return f"[{kind}]" if content is not None else ""  # images, files: never inline blobs
 
@@ -299,7 +300,7 @@ def fit(
     cap = int(max((len(text) for text in originals), default=0) * limit / len(data) * 0.9)
     while cap >= 64:
         for message, original in zip(messages, originals, strict=True):
-            if len(original) > cap:
+            if len(original) > cap + len(TRUNCATED):  # cutting less would not save room
                 message["content"] = original[:cap] + TRUNCATED.format(dropped=len(original) - cap)
         meta["metadata"]["content_truncated"] = True
         data = encode(span)
@@ -311,6 +312,31 @@ def fit(
             meta[key] = {"value": DROPPED}
     meta["metadata"]["content_truncated"] = True
     return encode(span), 1
+
+
+def ml_app_problem(name: str) -> str | None:
+    """Why ``name`` breaks Datadog's ml_app naming rules, or None."""
+    reasons = []
+    if len(name) > ML_APP_MAX:
+        reasons.append(f"{len(name)} characters, at most {ML_APP_MAX} allowed")
+    if name != name.lower():
+        reasons.append("upper-case letters")
+    bad = sorted({c for c in name if not (c.isalnum() or c in "_-:./")})
+    if bad:
+        reasons.append("characters " + " ".join(repr(c) for c in bad))
+    if "__" in name:
+        reasons.append("contiguous underscores")
+    if name.endswith("_"):
+        reasons.append("a trailing underscore")
+    if not reasons:
+        return None
+    suggestion = re.sub(r"_+", "_", re.sub(r"[^\w\-:./]|_", "_", name.lower()))
+    suggestion = suggestion[:ML_APP_MAX].rstrip("_") or "llm-app"
+    return (
+        f"{name!r} breaks Datadog's ml_app naming rules ({', '.join(reasons)}): use lower-case "
+        f"letters, digits and _ - : . / only, at most {ML_APP_MAX} characters, no '__' and no "
+        f"trailing '_', e.g. {suggestion!r}"
+    )
 
 
 def unix_ns(text: str | None) -> int:
@@ -330,20 +356,31 @@ def decimal_id(hex_id: str) -> str:
         return "0"
 
 
-def _scalar(value: Any) -> str | float | bool | None:
-    """A metadata value: strings, numbers, booleans; numeric strings (OpenRouter's) as numbers."""
-    if value is None or isinstance(value, bool | int):
+def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool | None:
+    """A metadata value: a string, a finite number or a boolean (all the intake takes)."""
+    if isinstance(value, str) and numeric_strings:
+        for number_type in (int, float):
+            try:
+                number = _scalar(number_type(value))
+            except ValueError:
+                continue
+            return value if number is None or isinstance(number, str) else number
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)  # JSON encoders stop at 64 bits
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        for number_type in (int, float):
-            try:
-                number = number_type(value)
-            except ValueError:
-                continue
-            return number if math.isfinite(number) else value
         return value[:VALUE_MAX_CHARS] if value else None
     if isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)[:VALUE_MAX_CHARS] or None
-    return orjson.dumps(value, default=str).decode()[:VALUE_MAX_CHARS]
+    return json_text(value)[:VALUE_MAX_CHARS]
+
+
+def json_text(value: Any) -> str:
+    """Structured content shown as JSON text, whatever it holds."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:  # integers over 64 bits, non-string keys
+        return str(value)

@@ -187,7 +187,7 @@ def _ms_to_ns(value: Any) -> int | None:
     except InvalidOperation:
         return None
     # The bound check comes first: int() of a huge exponent ("1e999999999") would never finish.
-    if not number.is_finite() or abs(number) > _MAX_EPOCH_MS:
+    if not number.is_finite() or not -_MAX_EPOCH_MS <= number <= _MAX_EPOCH_MS:
         return None
     return int(number * 1_000_000)
 

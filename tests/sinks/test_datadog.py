@@ -467,6 +467,25 @@ async def test_content_dropped_when_truncation_cannot_fit(
     assert span["meta"]["metadata"]["content_truncated"] is True
 
 
+async def test_odd_values_never_break_encoding(
+    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+) -> None:
+    event = otoroshi_with_content(recent())
+    event["attributes"] = {"gen_ai.request.seed": 2**70, "gen_ai.request.top_p": "nan"}
+    event["output_messages"][0]["parts"][1]["arguments"] = {"big": 2**70}
+    event["user_id"] = "000123"
+    await sinks(agentless(intake)).send([event])
+
+    (span,) = sent_body(intake)["data"]["attributes"]["spans"]
+    metadata = span["meta"]["metadata"]
+    assert (metadata["seed"], metadata["top_p"], metadata["user_id"]) == (
+        str(2**70),
+        "nan",
+        "000123",
+    )
+    assert str(2**70) in span["meta"]["output"]["messages"][0]["content"]
+
+
 async def test_a_batch_over_the_payload_limit_is_refused_for_splitting(
     intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
 ) -> None:

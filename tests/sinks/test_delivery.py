@@ -7,8 +7,6 @@ the relay puts on it; the file sink writes locally. Faults are scripted per requ
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ import orjson
 import pytest
 
 from tests.helpers.otlp_peer import OK, event_ids, models
+from tests.helpers.payloads import otlp_json_spans, span_ids
 from tests.helpers.ports import free_port
 from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import Answer, Received, ScriptedServer
@@ -30,23 +29,8 @@ FAST_RETRIES = {
 }
 
 
-def spans(count: int, model: str = "gpt-4o", prefix: str = "") -> bytes:
-    """One OTLP JSON request with ``count`` LLM spans."""
-    items = []
-    for index in range(count):
-        items.append(
-            {
-                "traceId": os.urandom(16).hex(),
-                "spanId": os.urandom(8).hex(),
-                "startTimeUnixNano": str(time.time_ns() - 1_000_000),
-                "endTimeUnixNano": str(time.time_ns()),
-                "attributes": [
-                    {"key": "gen_ai.request.model", "value": {"stringValue": f"{prefix}{model}"}},
-                    {"key": "test.index", "value": {"intValue": index}},
-                ],
-            }
-        )
-    return orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": items}]}]})
+def spans(count: int, model: str = "gpt-4o") -> bytes:
+    return otlp_json_spans(count, model)
 
 
 def post(relay: RelayProcess, body: bytes) -> None:
@@ -213,11 +197,7 @@ async def test_kill_9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     await peer.start()
     try:
         await asyncio.to_thread(relay.start)
-        expected = {
-            span["spanId"]
-            for body in acknowledged
-            for span in orjson.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"]
-        }
+        expected = {span_id for body in acknowledged for span_id in span_ids(body)}
         await eventually(
             lambda: {e["span_id"] for e in relay.events()} >= expected, message="file sink complete"
         )

@@ -1,0 +1,47 @@
+"""Request bodies the tests send, built the way real OTLP senders build them."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+
+def otlp_span(model: str = "gpt-4o", index: int = 0, **attributes: str) -> dict[str, Any]:
+    """One OTLP JSON LLM span with fresh ids, ended a moment ago."""
+    values = {"gen_ai.request.model": model, **attributes}
+    return {
+        "traceId": os.urandom(16).hex(),
+        "spanId": os.urandom(8).hex(),
+        "name": f"chat {model}",
+        "kind": 3,
+        "startTimeUnixNano": str(time.time_ns() - 1_000_000),
+        "endTimeUnixNano": str(time.time_ns()),
+        "attributes": [
+            *({"key": k, "value": {"stringValue": v}} for k, v in values.items()),
+            {"key": "test.index", "value": {"intValue": index}},
+        ],
+    }
+
+
+def otlp_json(spans: list[dict[str, Any]], service: str = "openrouter") -> bytes:
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
+    document = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}
+    return orjson.dumps(document)
+
+
+def otlp_json_spans(count: int, model: str = "gpt-4o") -> bytes:
+    """One OTLP JSON request with ``count`` LLM spans."""
+    return otlp_json([otlp_span(model, index) for index in range(count)])
+
+
+def span_ids(body: bytes) -> list[str]:
+    document = orjson.loads(body)
+    return [
+        span["spanId"]
+        for resource in document["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]

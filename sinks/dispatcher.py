@@ -19,6 +19,7 @@ On shutdown a backoff wait ends at once and the batch stays in the spool for the
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import random
 import time
@@ -150,18 +151,20 @@ class Dispatcher:
     # -- delivery --------------------------------------------------------------------------------
 
     async def _deliver(self, records: Sequence[Record]) -> None:
+        events: list[LLMEvent] = [orjson.loads(r.body) for r in records]
         max_age = self.settings.max_event_age
         if max_age is not None:
+            # Peers judge age by when the call happened, not when the relay received it
+            # (a replay of old events is still too old).
             cutoff = time.time() - max_age
-            fresh = [r for r in records if r.received >= cutoff]
-            if len(fresh) < len(records):
-                dropped = len(records) - len(fresh)
+            fresh = [e for e in events if _started_at(e) >= cutoff]
+            if len(fresh) < len(events):
+                dropped = len(events) - len(fresh)
                 self.metrics.sink_dropped.labels(self.name, "too_old").inc(dropped)
                 self.status.dropped += dropped
                 log.warning("events_dropped", sink=self.name, reason="too_old", count=dropped)
-            records = fresh
-        if records:
-            events = [orjson.loads(r.body) for r in records]
+            events = fresh
+        if events:
             await self._send_resolving(events, min(r.received for r in records))
 
     async def _send_resolving(self, events: list[LLMEvent], oldest: float) -> None:
@@ -271,6 +274,16 @@ class Dispatcher:
             error=str(error),
             path=str(self.dead_letters.path(self.name)),
         )
+
+
+def _started_at(event: LLMEvent) -> float:
+    """The event's start time in unix seconds (RFC 3339, UTC, as normalizers write it)."""
+    stamp = event.get("start_time") or event.get("received_at") or ""
+    try:
+        whole = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return time.time()  # unreadable: let the peer judge
+    return float(whole)
 
 
 def _failure_reason(error: SinkError) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
+import orjson
+
 from receiver.normalizers.base import IngestContext, Normalized
 from receiver.normalizers.common import (
     as_float,
@@ -174,7 +176,10 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     _attributes(attributes, item, at_id, consumed, details, metadata, stream_chunks)
     event["attributes"] = scrub(attributes)
 
-    secrets = _secret_values(item)
+    # Checked on the serialized event first (escaped as JSON escapes it): sweeping every string
+    # of every event would cost more than the rest of the normalization.
+    dump = orjson.dumps(event)
+    secrets = {s for s in _secret_values(item) if orjson.dumps(s)[1:-1] in dump}
     return cast(LLMEvent, _swept(event, secrets)) if secrets else event
 
 

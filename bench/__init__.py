@@ -1,0 +1,1 @@
+"""``python -m bench``: the relay's reproducible loopback benchmark (see BENCHMARKS.md)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -230,16 +231,15 @@ _TEXT_SECRETS = (
 
 
 def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -> None:
-    """Nested JSON as dotted attribute keys (``otoroshi.impacts.energy.unit``).
+    """Nested JSON as dotted attribute keys (``otoroshi.impacts.energy.unit``), secrets removed.
 
-    Credential-named keys are dropped with their whole subtree (a ``connection`` object keeps its
-    ``base_url`` but loses its ``token``), so the flat result is safe to scrub by key and value.
-    Lists of scalars stay lists; lists of objects are indexed (``budgets.0.budget_id``).
+    Every key and value goes through ``receiver.secrets``' predicates: a credential-named key is
+    dropped with its whole subtree (a ``connection`` object keeps ``base_url``, loses ``token``)
+    and a credential-shaped value is dropped wherever it sits. Lists of scalars stay lists, lists
+    of objects are indexed (``budgets.0.budget_id``); beyond ``_MAX_FLAT_DEPTH`` levels or
+    ``_MAX_FLAT_LIST`` list items nothing is kept, as an attribute map is no place for documents.
     """
-    if value is None or is_secret_key(prefix) or is_secret_value(value):
-        return
-    if depth >= _MAX_FLAT_DEPTH and isinstance(value, dict | list):
-        out[prefix] = orjson.dumps(value).decode()
+    if value is None or depth > _MAX_FLAT_DEPTH or _secret_key(prefix):
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -251,8 +251,12 @@ def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -
             return
         for index, item in enumerate(value[:_MAX_FLAT_LIST]):
             flatten_into(out, f"{prefix}.{index}", item, depth + 1)
-    else:
+    elif not (isinstance(value, str) and is_secret_value(value)):
         out[prefix] = value
+
+
+# Attribute names repeat from one event to the next: the regex runs once per distinct name.
+_secret_key = functools.lru_cache(maxsize=8192)(is_secret_key)
 
 
 def redact_text(text: str) -> str:

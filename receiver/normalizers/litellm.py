@@ -33,7 +33,6 @@ from receiver.normalizers.common import (
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import scrub
 from schemas import LLMEvent
 from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
 
@@ -175,7 +174,7 @@ def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
     _content(event, item.get("messages"), response)
     _attributes(attributes, item, call_id, metadata, hidden, parameters, failed)
     flatten_into(attributes, "server.address", url_host(api_base))
-    event["attributes"] = scrub(attributes)
+    event["attributes"] = attributes
     return event
 
 
@@ -373,7 +372,7 @@ def _attributes(
 ) -> None:
     response_id = _obj(item.get("response")).get("id") or item.get("id")
     flatten_into(attributes, "gen_ai.response.id", response_id)
-    attributes["litellm.call_id"] = call_id
+    flatten_into(attributes, "litellm.call_id", call_id)
     for name in ("trace_id", "call_type", "model_group", "model_id", "cache_key", "request_tags"):
         flatten_into(attributes, f"litellm.{name}", item.get(name))
     flatten_into(attributes, "litellm.model_name", hidden.get("litellm_model_name"))

@@ -34,7 +34,6 @@ from receiver.normalizers.common import (
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import scrub
 from schemas import LLMEvent
 from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
 
@@ -174,7 +173,7 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     _who(event, item, attributes)
     _content(event, item, output, input_body, stream_chunks)
     _attributes(attributes, item, at_id, consumed, details, metadata, stream_chunks)
-    event["attributes"] = scrub(attributes)
+    event["attributes"] = attributes
 
     # Checked on the serialized event first (escaped as JSON escapes it): sweeping every string
     # of every event would cost more than the rest of the normalization.
@@ -237,8 +236,7 @@ def _error(error: Any, attributes: dict[str, Any]) -> dict[str, Any]:
         message = error.get("error_description") or error.get("message")
         if inner == "guardrail_denied":
             attributes["gateway.guardrail_denied"] = True
-        if isinstance(error.get("phase"), str):
-            attributes["otoroshi.error.phase"] = error["phase"]
+        flatten_into(attributes, "otoroshi.error.phase", error.get("phase"))
     elif isinstance(inner, dict):  # provider body: {"error": {"message", "type", "code"}}
         result["type"] = str(inner.get("type") or inner.get("code") or "provider_error")
         message = inner.get("message")
@@ -334,9 +332,8 @@ def _attributes(
     metadata: dict[str, Any],
     chunks: list[dict[str, Any]],
 ) -> None:
-    attributes["otoroshi.id"] = at_id
-    if consumed:
-        attributes["otoroshi.consumed_using"] = consumed
+    flatten_into(attributes, "otoroshi.id", at_id)
+    flatten_into(attributes, "otoroshi.consumed_using", consumed or None)
     for name in ("@env", "request_id", "deployment_id", "resource_name"):  # the last two: Azure
         flatten_into(attributes, f"otoroshi.{name.lstrip('@')}", item.get(name))
     for name, value in item.items():  # enrichment: instance-name, cluster-mode...

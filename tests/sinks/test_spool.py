@@ -1,0 +1,87 @@
+"""The spool: durable appends, shared commits, per-sink cursors, cleanup, the size cap."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sinks.spool import Spool, SpoolFullError
+
+
+async def opened(path: Path, sinks: list[str], max_bytes: int = 1 << 30) -> Spool:
+    spool = Spool(path, max_bytes, sinks)
+    await spool.open()
+    return spool
+
+
+async def test_appends_survive_a_reopen_and_each_sink_has_its_own_cursor(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = await opened(path, ["a", "b"])
+    await spool.append([b"one", b"two", b"three"])
+    records = await spool.read("a", 2, 1 << 20)
+    assert [r.body for r in records] == [b"one", b"two"]
+    await spool.ack("a", records[-1].seq)
+    await spool.close()
+
+    spool = await opened(path, ["a", "b"])
+    assert (spool.backlog("a"), spool.backlog("b")) == (1, 3)
+    assert [r.body for r in await spool.read("a", 10, 1 << 20)] == [b"three"]
+    assert [r.body for r in await spool.read("b", 10, 1 << 20)] == [b"one", b"two", b"three"]
+    await spool.close()
+
+
+async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    spool = await opened(tmp_path / "spool.sqlite3", ["a"])
+    commits = 0
+    original = spool._commit
+
+    def counting(*args: object) -> None:
+        nonlocal commits
+        commits += 1
+        original(*args)  # type: ignore[arg-type]
+
+    spool._commit = counting  # type: ignore[method-assign]
+    await asyncio.gather(*(spool.append([f"e{i}".encode()]) for i in range(200)))
+    assert spool.backlog("a") == 200
+    assert commits < 200 / 4, f"{commits} commits for 200 appends"
+    await spool.close()
+
+
+async def test_cleanup_frees_only_what_every_sink_is_done_with(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = await opened(path, ["fast", "slow"])
+    await spool.append([b"x" * 100] * 10)
+    assert spool.stored_bytes == 1000
+    await spool.ack("fast", spool.last_seq)
+    assert spool.stored_bytes == 1000  # "slow" still needs them
+    await spool.ack("slow", 4)
+    assert spool.stored_bytes == 600
+    await spool.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 6
+
+
+async def test_full_spool_refuses_and_keeps_what_it_has(tmp_path: Path) -> None:
+    spool = await opened(tmp_path / "spool.sqlite3", ["a"], max_bytes=1000)
+    await spool.append([b"x" * 600])
+    with pytest.raises(SpoolFullError, match="RELAY_SPOOL_MAX_BYTES=1000"):
+        await spool.append([b"y" * 600])
+    assert spool.backlog("a") == 1
+    await spool.ack("a", spool.last_seq)
+    await spool.append([b"y" * 600])  # room again once delivered
+    await spool.close()
+
+
+async def test_a_new_sink_starts_now_and_a_removed_one_stops_pinning(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = await opened(path, ["old"])
+    await spool.append([b"1", b"2"])
+    await spool.close()
+    spool = await opened(path, ["new"])
+    assert spool.backlog("new") == 0
+    assert spool.abandoned == {"old": 2}
+    assert spool.stored_bytes == 0
+    await spool.close()

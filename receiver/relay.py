@@ -33,7 +33,8 @@ class Relay:
         )
         self.dead_letters = DeadLetters(config.data_dir / "dead-letter")
         self.sinks: dict[str, Sink] = {
-            name: setup.spec.build(setup.config) for name, setup in config.sinks.items()
+            name: setup.spec.build_for(setup.config, worker, config.workers)
+            for name, setup in config.sinks.items()
         }
         self.dispatchers = {
             name: Dispatcher(

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
@@ -51,6 +51,12 @@ class FileSinkConfig:
             max_bytes=env.integer("RELAY_FILE_MAX_MB", 100, 1, 1 << 20) * 1024 * 1024,
             max_backups=env.integer("RELAY_FILE_MAX_BACKUPS", 10, 0, 100_000),
             compress=compress,  # type: ignore[arg-type]
+        )
+
+    def for_worker(self, worker: int) -> FileSinkConfig:
+        """Worker N writes ``<stem>.w<N><ext>``: one writer per file keeps rotation safe."""
+        return replace(
+            self, path=self.path.with_name(f"{self.path.stem}.w{worker}{self.path.suffix}")
         )
 
     def describe(self) -> dict[str, Any]:
@@ -184,4 +190,5 @@ SPEC = SinkSpec(
     build=FileSink,
     # Local disk: small, frequent batches keep the file close to real time.
     defaults=DispatchSettings(batch_size=1000, flush_interval=0.2, max_retry_time=86400.0),
+    per_worker=FileSinkConfig.for_worker,
 )

@@ -28,6 +28,13 @@ class SinkSpec:
     read_config: Callable[[EnvReader, Path], SinkConfig]
     build: Callable[[Any], Sink]
     defaults: DispatchSettings
+    # With RELAY_WORKERS > 1, how worker N's copy of the config differs (e.g. its own file).
+    per_worker: Callable[[Any, int], Any] | None = None
+
+    def build_for(self, config: Any, worker: int, workers: int) -> Sink:
+        if workers > 1 and self.per_worker is not None:
+            config = self.per_worker(config, worker)
+        return self.build(config)
 
 
 def sink_specs() -> dict[str, SinkSpec]:

@@ -212,13 +212,8 @@ def _trace_ids(
     trace_id, span_id = derived_trace_ids(event_id)
     requester = _obj(metadata.get("requester_metadata"))
     headers = _obj(metadata.get("requester_custom_headers"))
-    for candidate in (
-        requester.get("traceparent"),
-        metadata.get("traceparent"),
-        headers.get("traceparent"),
-        headers.get("x-traceparent"),
-    ):
-        match = _TRACEPARENT.match(str(candidate).strip().lower())
+    for source in (requester, metadata, headers):
+        match = _TRACEPARENT.match(str(source.get("traceparent", "")).strip().lower())
         if match and match[1].strip("0") and match[2].strip("0"):
             return match[1], span_id, match[2]
     for candidate in (requester.get("trace_id"), metadata.get("trace_id"), item.get("trace_id")):
@@ -308,10 +303,11 @@ def _rate_limit(headers: dict[str, Any], attributes: dict[str, Any]) -> dict[str
         kind, _, what = name.removeprefix("x_ratelimit_").partition("_")
         if not name.startswith("x_ratelimit_") or what not in ("requests", "tokens"):
             continue
+        value = as_int(raw_value)
         if kind == "reset":
             flatten_into(attributes, f"litellm.ratelimit.reset_{what}", raw_value)
-        elif kind in ("limit", "remaining") and (value := as_int(raw_value) or -1) >= 0:
-            limits[f"{what}_{kind}"] = value
+        elif kind in ("limit", "remaining") and value is not None and value >= 0:
+            limits[f"{what}_{kind}"] = value  # remaining 0 is kept: the limit is exhausted
     return limits
 
 
@@ -425,7 +421,7 @@ def _literal(value: Any) -> Any:
         return value
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError):
         return value
 
 

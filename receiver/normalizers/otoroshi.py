@@ -178,7 +178,9 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     # Checked on the serialized event first (escaped as JSON escapes it): sweeping every string
     # of every event would cost more than the rest of the normalization.
     dump = orjson.dumps(event)
-    secrets = {s for s in _secret_values(item) if orjson.dumps(s)[1:-1] in dump}
+    found = [s for s in _secret_values(item) if orjson.dumps(s)[1:-1] in dump]
+    # Longest first: one secret may contain another (a rotation's nextSecret, say).
+    secrets = sorted(found, key=len, reverse=True)
     return cast(LLMEvent, _swept(event, secrets)) if secrets else event
 
 
@@ -366,8 +368,10 @@ def _attributes(
 
 
 def _secret_values(item: dict[str, Any]) -> set[str]:
+    apikey = _obj(item.get("apikey"))
     candidates = (
-        _obj(item.get("apikey")).get("clientSecret"),
+        apikey.get("clientSecret"),
+        _obj(apikey.get("rotation")).get("nextSecret"),
         _obj(item.get("user")).get("token"),
         _obj(_obj(item.get("provider_details")).get("connection")).get("token"),
     )
@@ -375,7 +379,7 @@ def _secret_values(item: dict[str, Any]) -> set[str]:
     return {value for value in candidates if isinstance(value, str) and len(value) >= 8}
 
 
-def _swept(value: Any, secrets: set[str]) -> Any:
+def _swept(value: Any, secrets: list[str]) -> Any:
     """A copy of ``value`` in which every occurrence of a known secret is masked."""
     if isinstance(value, str):
         for secret in secrets:

@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]] | Callable[[], T],
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     *,
     timeout: float = 15.0,
     interval: float = 0.02,
@@ -35,7 +35,11 @@ async def eventually(
 
 
 def wait_until(
-    check: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, message: str = ""
+    check: Callable[[], T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    message: str = "",
 ) -> T:
     """The synchronous ``eventually``, for tests that drive a relay subprocess."""
     deadline = time.monotonic() + timeout

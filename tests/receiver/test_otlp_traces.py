@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -244,9 +245,12 @@ def test_compressed_bodies(relay: RelayProcess, encoding: str) -> None:
     raw = otlp_json(
         otlp_json_span(trace_id, os.urandom(8).hex(), **{"gen_ai.request.model": encoding})
     )
-    body = {"gzip": gzip.compress, "deflate": zlib.compress, "zstd": zstandard.compress}[encoding](
-        raw
-    )
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+        "zstd": zstandard.compress,
+    }
+    body = compress[encoding](raw)
     response = relay.request("POST", "/v1/traces", body, {**JSON, "Content-Encoding": encoding})
     assert response.status == 200
     assert events_for(relay, trace_id)[0]["request_model"] == encoding

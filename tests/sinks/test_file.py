@@ -1,9 +1,8 @@
-"""The file sink: JSON Lines, size rotation, retention, compressed backups readable by zcat/zstdcat."""
+"""The file sink: JSON Lines, size rotation, retention, compressed backups zcat/zstdcat can read."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 from pathlib import Path
 
@@ -88,7 +87,7 @@ async def test_rotation_compresses_and_keeps_max_backups(
     assert numbers == sorted(numbers)
     assert numbers[-1] == 119
     assert numbers == list(range(numbers[0], 120))
-    assert all(os.path.getsize(p) <= 20_000 for p in [path])
+    assert path.stat().st_size <= 20_000
 
 
 async def test_writes_happen_off_the_event_loop(tmp_path: Path) -> None:

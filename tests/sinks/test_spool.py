@@ -43,7 +43,7 @@ async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
         commits += 1
         original(*args)  # type: ignore[arg-type]
 
-    spool._commit = counting  # type: ignore[method-assign]
+    spool._commit = counting  # type: ignore[method-assign, assignment]
     await asyncio.gather(*(spool.append([f"e{i}".encode()]) for i in range(200)))
     assert spool.backlog("a") == 200
     assert commits < 200 / 4, f"{commits} commits for 200 appends"

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
-from receiver.normalizers.base import IngestContext, Normalized
+from receiver.normalizers.base import IngestContext, Normalized, Normalizer
 from schemas import json_schema
 from tests.conftest import fixture_json
 
@@ -24,6 +24,7 @@ CTX = IngestContext(received_ns=1_772_366_400_000_000_000, received_at=RECEIVED_
 VALIDATOR = Draft202012Validator(json_schema())
 SECRET_KEYS = {
     "clientsecret",
+    "nextsecret",
     "client_secret",
     "token",
     "access_token",
@@ -77,3 +78,10 @@ def assert_clean(result: Normalized, inputs: Any = (), extra_secrets: Iterable[s
     for secret in secrets:
         escaped = orjson.dumps(secret)[1:-1]
         assert secret.encode() not in output and escaped not in output, f"leaked {secret[:6]}..."
+
+
+def checked(normalize: Normalizer, inputs: Any, extra_secrets: Iterable[str] = ()) -> Normalized:
+    """``normalize`` on ``inputs`` as sent on the wire, its output checked by ``assert_clean``."""
+    result = normalize(wire(inputs), CTX)
+    assert_clean(result, inputs, extra_secrets)
+    return result

@@ -7,14 +7,19 @@ from typing import Any
 
 import pytest
 
-from receiver.normalizers.base import InputError
+from receiver.normalizers.base import InputError, Normalized
 from receiver.normalizers.common import derived_trace_ids, key_hash, stable_id
 from receiver.normalizers.litellm import normalize
-from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, assert_clean, bodies, ndjson, wire
+from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, bodies, checked, ndjson
 
 BATCH, LEGACY = bodies("litellm-standard-logging-payload-example.json")
 SUCCESS, FAILURE = BATCH
 KEY_HASH = "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"
+
+
+def run(inputs: Any, *secrets: str) -> Normalized:
+    """The normalizer on ``inputs`` as sent; every result is checked for schema and secrets."""
+    return checked(normalize, inputs, secrets)
 
 
 def variant(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -28,8 +33,7 @@ def variant(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def test_streaming_success_field_by_field() -> None:
-    result = normalize(wire(BATCH), CTX)
-    assert_clean(result, BATCH)
+    result = run(BATCH)
     assert (len(result.events), result.rejected, result.skipped) == (2, [], {})
     event = result.events[0]
     assert event["event_id"] == stable_id("litellm", "4b1f6a2c-0d9e-4c7a-8b3f-1e2d3c4b5a69")
@@ -97,7 +101,7 @@ def test_streaming_success_field_by_field() -> None:
 
 
 def test_failure_field_by_field() -> None:
-    event = normalize(wire(BATCH), CTX).events[1]
+    event = run(BATCH).events[1]
     assert event["event_id"] == stable_id("litellm", "0e6f2b8a-6c1d-4f0e-9a7b-3d2c1b0a9f88")
     assert event["status"] == "error"
     assert event["error"] == {
@@ -120,8 +124,7 @@ def test_failure_field_by_field() -> None:
 
 
 def test_legacy_v1_payload() -> None:
-    result = normalize(wire(LEGACY), CTX)
-    assert_clean(result, LEGACY)
+    result = run(LEGACY)
     event = result.events[0]
     assert event["event_id"] == stable_id("litellm", "chatcmpl-123")
     assert event["start_time"] == "2025-01-24T09:20:46.847371000Z"  # naive datetime read as UTC
@@ -158,8 +161,7 @@ def test_legacy_v1_reprs_are_read() -> None:
         "'headers': {'authorization': 'Bearer sk-legacy-0123456789abcdef'}, "
         "'endpoint': datetime.datetime(2025, 1, 24)}",
     )
-    result = normalize(wire([legacy]), CTX)
-    assert_clean(result, [legacy], extra_secrets=["sk-legacy-0123456789abcdef"])
+    result = run([legacy], "sk-legacy-0123456789abcdef")
     event = result.events[0]
     assert event["response_model"] == "gpt-4o-2024-08-06"
     assert event["output_messages"] == [
@@ -188,7 +190,7 @@ def test_legacy_v1_reprs_are_read() -> None:
 )
 def test_time_variants(start: str, end: str) -> None:
     timed = variant(SUCCESS, startTime=start, endTime=end, completionStartTime=None)
-    event = normalize(wire([timed]), CTX).events[0]
+    event = run([timed]).events[0]
     assert event["start_time"] == "2025-01-24T09:20:46.847371000Z"
     assert event["end_time"] == "2025-01-24T09:20:46.851954000Z"
     assert event["duration_ms"] == pytest.approx(4.583)
@@ -197,11 +199,11 @@ def test_time_variants(start: str, end: str) -> None:
 
 def test_call_id_generation_of_field_names() -> None:
     renamed = variant(SUCCESS, litellm_call_id=None, call_id=SUCCESS["litellm_call_id"])
-    assert normalize(wire([renamed]), CTX).events == normalize(wire([SUCCESS]), CTX).events[:1]
+    assert run([renamed]).events == run([SUCCESS]).events[:1]
 
 
 def test_duplicates_keep_their_event_id() -> None:
-    events = normalize(wire([SUCCESS, FAILURE, SUCCESS]), CTX).events
+    events = run([SUCCESS, FAILURE, SUCCESS]).events
     assert events[0]["event_id"] == events[2]["event_id"] != events[1]["event_id"]
 
 
@@ -213,7 +215,7 @@ def test_cached_reasoning_and_cache_creation_tokens_from_the_usage_object() -> N
         cache_creation_input_tokens=3,
     )
     cached = variant(SUCCESS, response=response, metadata={"usage_object": None})
-    usage = normalize(wire([cached]), CTX).events[0]["usage"]
+    usage = run([cached]).events[0]["usage"]
     assert usage == {
         "input_tokens": 10,
         "output_tokens": 20,
@@ -227,7 +229,7 @@ def test_cached_reasoning_and_cache_creation_tokens_from_the_usage_object() -> N
 def test_response_cache_hit() -> None:
     hit = variant(SUCCESS, cache_hit=True, response_cost=0.0, saved_cache_cost=0.000225)
     hit["cost_breakdown"] = None
-    event = normalize(wire([hit]), CTX).events[0]
+    event = run([hit]).events[0]
     assert event["attributes"]["gateway.cache_hit"] is True
     assert event["attributes"]["litellm.saved_cache_cost"] == 0.000225
     assert event["cost"] == {"total": 0.0, "currency": "USD", "source": "gateway"}
@@ -243,21 +245,21 @@ def test_response_cache_hit() -> None:
 def test_cost_without_a_gateway_figure_is_unknown(changes: dict[str, Any]) -> None:
     unpriced = variant(SUCCESS, **changes)
     unpriced["hidden_params"]["response_cost"] = None
-    event = normalize(wire([unpriced]), CTX).events[0]
+    event = run([unpriced]).events[0]
     assert event["cost"] == {"currency": "USD", "source": "unknown"}
 
 
 def test_upstream_from_api_base_host_when_no_provider() -> None:
     routed = variant(SUCCESS, custom_llm_provider=None, api_base="https://vllm.internal:8000/v1")
     routed["hidden_params"]["api_base"] = None
-    event = normalize(wire([routed]), CTX).events[0]
+    event = run([routed]).events[0]
     assert "provider" not in event
     assert event["upstream"] == "vllm.internal"
     assert event["attributes"]["server.address"] == "vllm.internal"
 
 
 def test_provider_uses_semconv_names() -> None:
-    event = normalize(wire([variant(SUCCESS, custom_llm_provider="vertex_ai")]), CTX).events[0]
+    event = run([variant(SUCCESS, custom_llm_provider="vertex_ai")]).events[0]
     assert (event["provider"], event["upstream"]) == ("gcp.vertex_ai", "gcp.vertex_ai")
 
 
@@ -266,7 +268,7 @@ def test_callers_traceparent_wins() -> None:
     metadata["requester_metadata"]["traceparent"] = (
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     )
-    event = normalize(wire([variant(SUCCESS, metadata=metadata)]), CTX).events[0]
+    event = run([variant(SUCCESS, metadata=metadata)]).events[0]
     assert event["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert event["parent_span_id"] == "00f067aa0ba902b7"
 
@@ -274,7 +276,7 @@ def test_callers_traceparent_wins() -> None:
 def test_custom_trace_id_still_groups_a_request() -> None:
     first = variant(SUCCESS, trace_id="session-42")
     second = variant(FAILURE, trace_id="session-42")
-    events = normalize(wire([first, second]), CTX).events
+    events = run([first, second]).events
     assert events[0]["trace_id"] == events[1]["trace_id"]
     assert events[0]["span_id"] != events[1]["span_id"]
 
@@ -293,7 +295,7 @@ def test_guardrail_intervention_failure() -> None:
         ],
         error_information={"error_class": "GuardrailRaisedException", "error_code": "400"},
     )
-    event = normalize(wire([blocked]), CTX).events[0]
+    event = run([blocked]).events[0]
     assert event["error"]["type"] == "GuardrailRaisedException"
     assert event["error"]["http_status"] == 400
     assert event["attributes"]["gateway.guardrail_denied"] is True
@@ -330,7 +332,7 @@ def test_responses_api_and_anthropic_messages_outputs() -> None:
             "stop_reason": "end_turn",
         },
     )
-    first, second = normalize(wire([responses, anthropic]), CTX).events
+    first, second = run([responses, anthropic]).events
     assert first["operation"] == second["operation"] == "chat"
     assert first["output_messages"][0]["parts"] == [{"type": "text", "content": "hello"}]
     assert second["output_messages"][0]["parts"] == [{"type": "text", "content": "hey"}]
@@ -352,7 +354,7 @@ def test_embedding_call() -> None:
             "model": "text-embedding-3-small",
         },
     )
-    event = normalize(wire([embedding]), CTX).events[0]
+    event = run([embedding]).events[0]
     assert event["operation"] == "embeddings"
     assert "output_messages" not in event
 
@@ -362,11 +364,11 @@ def test_embedding_call() -> None:
     [pytest.param(ndjson(BATCH), id="ndjson"), pytest.param(ndjson(BATCH, b"\r\n"), id="crlf")],
 )
 def test_ndjson_gives_the_same_events_as_the_array(body: bytes) -> None:
-    assert normalize(body, CTX).events == normalize(wire(BATCH), CTX).events
+    assert normalize(body, CTX).events == run(BATCH).events
 
 
 def test_single_object() -> None:
-    assert normalize(wire(FAILURE), CTX).events == normalize(wire(BATCH), CTX).events[1:]
+    assert run(FAILURE).events == run(BATCH).events[1:]
 
 
 @pytest.mark.parametrize("body", [b"", b"[", b"null", b"{'id': 'python repr'}", b"{}\n[1,"])
@@ -379,8 +381,7 @@ def test_one_unusable_payload_rejects_only_that_payload() -> None:
     no_ids = variant(SUCCESS, id=None, litellm_call_id=None, trace_id=None)
     no_times = variant(FAILURE, litellm_call_id="c-3", startTime=None, endTime="tomorrow")
     batch = [SUCCESS, 5, no_ids, no_times, FAILURE]
-    result = normalize(wire(batch), CTX)
-    assert_clean(result, batch)
+    result = run(batch)
     assert [e["attributes"]["litellm.call_id"] for e in result.events] == [
         SUCCESS["litellm_call_id"],
         FAILURE["litellm_call_id"],
@@ -410,11 +411,24 @@ def test_secrets_never_reach_an_event() -> None:
             "traceback": f"  File 'x.py', api_key={raw_key}",
         },
     )
-    result = normalize(wire([leaky]), CTX)
-    assert_clean(result, [leaky], extra_secrets=[raw_key])
+    result = run([leaky], raw_key)
     event = result.events[0]
     assert event["api_key"]["hash"] == key_hash(raw_key)
     assert event["error"]["http_status"] == 401
     assert "[REDACTED]" in event["error"]["message"]
     assert event["attributes"]["litellm.requester_custom_headers.x-request-source"] == "batch"
     assert event["attributes"]["gen_ai.request.max_tokens"] == 5
+
+
+def test_rate_limit_header_variants_and_exhaustion() -> None:
+    headers = {
+        "llm_provider-x-ratelimit-limit-requests": "500",
+        "llm_provider-x-ratelimit-remaining-requests": "0",
+        "x_ratelimit_reset_requests": "12ms",
+        "x_ratelimit_remaining_tokens": -1,
+    }
+    limited = copy.deepcopy(SUCCESS)
+    limited["hidden_params"]["additional_headers"] = headers
+    event = run([limited]).events[0]
+    assert event["rate_limit"] == {"requests_limit": 500, "requests_remaining": 0}
+    assert event["attributes"]["litellm.ratelimit.reset_requests"] == "12ms"

@@ -5,20 +5,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import orjson
 import pytest
 
 from receiver.normalizers import litellm, native, otoroshi
-from receiver.normalizers.base import InputError
-from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, assert_clean, bodies, ndjson, wire
+from receiver.normalizers.base import InputError, Normalized
+from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, bodies, checked, ndjson, wire
 
 (EVENTS,) = bodies("native-llm-events-example.json")
 FULL, MINIMAL = EVENTS
 
 
+def run(inputs: Any, *secrets: str) -> Normalized:
+    """The normalizer on ``inputs`` as sent; every result is checked for schema and secrets."""
+    return checked(native.normalize, inputs, secrets)
+
+
 def test_fixture_events_are_kept_as_given() -> None:
-    result = native.normalize(wire(EVENTS), CTX)
-    assert_clean(result, EVENTS)
+    result = run(EVENTS)
     assert (len(result.events), result.rejected, result.skipped) == (2, [], {})
     assert result.events[0] == FULL  # complete: nothing added, nothing changed
     minimal = result.events[1]
@@ -31,7 +34,7 @@ def test_fixture_events_are_kept_as_given() -> None:
 def test_given_source_format_and_received_at_are_kept() -> None:
     relayed = dict(MINIMAL, received_at="2026-02-01T00:00:00Z")
     relayed["source"] = {"format": "otoroshi", "gateway": "otoroshi", "test": True}
-    event = native.normalize(wire([relayed]), CTX).events[0]
+    event = run([relayed]).events[0]
     assert event["source"] == {"format": "otoroshi", "gateway": "otoroshi", "test": True}
     assert event["received_at"] == "2026-02-01T00:00:00Z"
 
@@ -44,8 +47,7 @@ def test_events_from_the_other_normalizers_round_trip() -> None:
     ):
         for body in bodies(name):
             produced += module.normalize(wire(body), CTX).events
-    result = native.normalize(orjson.dumps(produced), CTX)
-    assert_clean(result)
+    result = run(produced)
     assert result.rejected == []
     assert result.events == produced
 
@@ -89,21 +91,21 @@ def test_invalid_event_is_rejected_with_the_field_named(
             del bad[key]
         else:
             bad[key] = value
-    result = native.normalize(wire([FULL, bad, MINIMAL]), CTX)
+    result = run([FULL, bad, MINIMAL])
     assert [e["event_id"] for e in result.events] == [FULL["event_id"], "native-minimal-1"]
     assert [(r.item, r.reason) for r in result.rejected] == [("native-minimal-1", reason)]
 
 
 def test_several_problems_are_counted_in_the_reason() -> None:
     bad = {"event_id": "e-1", "source": {"gateway": "g", "test": False}}
-    (rejection,) = native.normalize(wire([bad]), CTX).rejected
+    (rejection,) = run([bad]).rejected
     assert rejection.item == "e-1"
     assert rejection.reason.startswith("$: '")
     assert rejection.reason.endswith("more problems)")
 
 
 def test_non_object_items_are_rejected_by_position() -> None:
-    result = native.normalize(wire([MINIMAL, [1], "event"]), CTX)
+    result = run([MINIMAL, [1], "event"])
     assert len(result.events) == 1
     assert [(r.item, r.reason) for r in result.rejected] == [
         ("[1]", "expected an LLMEvent object"),
@@ -116,8 +118,7 @@ def test_secrets_in_native_events_do_not_come_back() -> None:
     misplaced = dict(MINIMAL, event_id="k-1", api_key={"name": "bot", "hash": raw_key})
     with_header = dict(MINIMAL, event_id="k-2")
     with_header["attributes"] = {"http.request.header.authorization": f"Bearer {raw_key}", "a": 1}
-    result = native.normalize(wire([misplaced, with_header]), CTX)
-    assert_clean(result, extra_secrets=[raw_key])
+    result = run([misplaced, with_header], raw_key)
     assert [(r.item, r.reason) for r in result.rejected] == [
         ("k-1", "$.api_key.hash: <redacted> does not match '^sha256:[0-9a-f]{16,64}$'")
     ]
@@ -125,8 +126,8 @@ def test_secrets_in_native_events_do_not_come_back() -> None:
 
 
 def test_single_object_and_ndjson() -> None:
-    assert native.normalize(wire(FULL), CTX).events == [FULL]
-    expected = native.normalize(wire(EVENTS), CTX).events
+    assert run(FULL).events == [FULL]
+    expected = run(EVENTS).events
     assert native.normalize(ndjson(EVENTS), CTX).events == expected
 
 

@@ -7,13 +7,18 @@ from typing import Any
 
 import pytest
 
-from receiver.normalizers.base import InputError
+from receiver.normalizers.base import InputError, Normalized
 from receiver.normalizers.common import derived_trace_ids, key_hash, stable_id
 from receiver.normalizers.otoroshi import normalize
-from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, assert_clean, bodies, ndjson, wire
+from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, bodies, checked, ndjson, wire
 
 BATCH, EMBEDDING = bodies("otoroshi-llmusageaudit-example.json")
 BLOCKING, STREAMING, GUARDRAIL = BATCH
+
+
+def run(inputs: Any, *secrets: str) -> Normalized:
+    """The normalizer on ``inputs`` as sent; every result is checked for schema and secrets."""
+    return checked(normalize, inputs, secrets)
 
 
 def variant(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -27,8 +32,7 @@ def variant(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def test_blocking_chat_success_field_by_field() -> None:
-    result = normalize(wire(BATCH), CTX)
-    assert_clean(result, BATCH, extra_secrets=["a3b1c2d4e5f6g7h8"])  # clientId authenticates
+    result = run(BATCH, "a3b1c2d4e5f6g7h8")  # clientId authenticates
     assert (len(result.events), result.rejected, result.skipped) == (3, [], {})
     event = result.events[0]
     event_id = stable_id("otoroshi", "1905616593920983819")
@@ -92,7 +96,7 @@ def test_blocking_chat_success_field_by_field() -> None:
 
 
 def test_streaming_success_keeps_stream_chunks_and_user_without_token() -> None:
-    event = normalize(wire(BATCH), CTX).events[1]
+    event = run(BATCH).events[1]
     assert event["event_id"] == stable_id("otoroshi", "1905616600000000001")
     assert (event["operation"], event["stream"]) == ("chat", True)
     assert (event["provider"], event["upstream"]) == ("anthropic", "anthropic")
@@ -129,8 +133,7 @@ def test_streaming_success_keeps_stream_chunks_and_user_without_token() -> None:
 
 def test_streaming_without_aggregated_output_is_rebuilt_from_chunks() -> None:
     chunks_only = variant(STREAMING, output=None, usage=None)
-    result = normalize(wire([chunks_only]), CTX)
-    assert_clean(result, [chunks_only])
+    result = run([chunks_only])
     event = result.events[0]
     assert event["stream"] is True
     assert event["output_messages"] == [
@@ -141,7 +144,7 @@ def test_streaming_without_aggregated_output_is_rebuilt_from_chunks() -> None:
 
 
 def test_guardrail_denial_is_an_error_with_the_configured_model() -> None:
-    event = normalize(wire(BATCH), CTX).events[2]
+    event = run(BATCH).events[2]
     assert event["status"] == "error"
     assert event["error"] == {
         "type": "guardrail_denied",
@@ -175,8 +178,7 @@ def test_guardrail_denial_is_an_error_with_the_configured_model() -> None:
 )
 def test_provider_errors(error: Any, expected: dict[str, Any]) -> None:
     failed = variant(GUARDRAIL, error=error)
-    result = normalize(wire([failed]), CTX)
-    assert_clean(result, [failed])
+    result = run([failed])
     assert result.events[0]["status"] == "error"
     assert result.events[0]["error"] == expected
     assert "gateway.guardrail_denied" not in result.events[0]["attributes"]
@@ -190,8 +192,7 @@ def test_gateway_cache_hit() -> None:
     }
     output = {"generations": BLOCKING["output"]["generations"], "metadata": metadata}
     hit = variant(BLOCKING, usage=None, model=None, duration=None, costs=None, output=output)
-    result = normalize(wire([hit]), CTX)
-    assert_clean(result, [hit])
+    result = run([hit])
     event = result.events[0]
     assert event["attributes"]["gateway.cache_hit"] is True
     assert event["attributes"]["otoroshi.cache.status"] == "Hit"
@@ -208,8 +209,7 @@ def test_gateway_cache_hit() -> None:
 
 
 def test_embedding_event() -> None:
-    result = normalize(wire(EMBEDDING), CTX)
-    assert_clean(result, EMBEDDING)
+    result = run(EMBEDDING)
     event = result.events[0]
     assert event["operation"] == "embeddings"
     assert "stream" not in event
@@ -225,7 +225,7 @@ def test_other_event_kinds_are_counted_and_skipped() -> None:
     gateway = {"@id": "1", "@timestamp": 1743169375292, "@type": "GatewayEvent", "ai": []}
     alert = {"@id": "2", "@timestamp": 1743169375292, "@type": "AlertEvent", "alert": "X"}
     mcp = {"@id": "3", "@timestamp": 1743169375292, "@type": "AuditEvent", "audit": "McpAudit"}
-    result = normalize(wire([gateway, BLOCKING, alert, mcp, gateway]), CTX)
+    result = run([gateway, BLOCKING, alert, mcp, gateway])
     assert len(result.events) == 1
     assert result.rejected == []
     assert result.skipped == {"GatewayEvent": 2, "AlertEvent": 1, "McpAudit": 1}
@@ -233,17 +233,17 @@ def test_other_event_kinds_are_counted_and_skipped() -> None:
 
 def test_projection_without_envelope_is_still_an_llm_event() -> None:
     projected = variant(BLOCKING, audit=None, **{"@type": None})
-    assert len(normalize(wire([projected]), CTX).events) == 1
+    assert len(run([projected]).events) == 1
 
 
 def test_resent_events_keep_their_event_id() -> None:
-    first = normalize(wire(BATCH), CTX)
+    first = run(BATCH)
     # Otoroshi re-queues a failed batch: the same events come back, possibly in another order
-    again = normalize(wire([GUARDRAIL, BLOCKING]), CTX)
+    again = run([GUARDRAIL, BLOCKING])
     assert again.events[1]["event_id"] == first.events[0]["event_id"]
     assert again.events[0]["event_id"] == first.events[2]["event_id"]
     assert again.events[1]["trace_id"] == first.events[0]["trace_id"]
-    duplicated = normalize(wire([BLOCKING, BLOCKING]), CTX)
+    duplicated = run([BLOCKING, BLOCKING])
     assert duplicated.events[0]["event_id"] == duplicated.events[1]["event_id"]
     assert len({e["event_id"] for e in first.events}) == 3
 
@@ -257,12 +257,12 @@ def test_resent_events_keep_their_event_id() -> None:
     ],
 )
 def test_ndjson_gives_the_same_events_as_the_array(body: bytes) -> None:
-    assert normalize(body, CTX).events == normalize(wire(BATCH), CTX).events
+    assert normalize(body, CTX).events == run(BATCH).events
 
 
 def test_single_object() -> None:
-    result = normalize(wire(STREAMING), CTX)
-    assert result.events == normalize(wire(BATCH), CTX).events[1:2]
+    result = run(STREAMING)
+    assert result.events == run(BATCH).events[1:2]
 
 
 @pytest.mark.parametrize(
@@ -286,8 +286,7 @@ def test_one_unusable_event_rejects_only_that_event() -> None:
     bad_time = variant(BLOCKING, **{"@id": "1905616593920983999", "@timestamp": "yesterday"})
     huge_time = variant(BLOCKING, **{"@id": "1905616593920983998", "@timestamp": "1e999999999"})
     batch = [BLOCKING, "not an event", no_id, bad_time, huge_time, STREAMING]
-    result = normalize(wire(batch), CTX)
-    assert_clean(result, batch)
+    result = run(batch)
     assert [e["attributes"]["otoroshi.id"] for e in result.events] == [
         "1905616593920983819",
         "1905616600000000001",
@@ -308,7 +307,7 @@ def test_numeric_strings_and_minus_one_counts() -> None:
         usage={"prompt_tokens": "11", "generation_tokens": -1, "reasoning_tokens": -1},
         rate_limit={"requests_limit": 100, "requests_remaining": -1},
     )
-    event = normalize(wire([odd]), CTX).events[0]
+    event = run([odd]).events[0]
     assert event["event_id"] == stable_id("otoroshi", "1905616593920983819")
     assert event["start_time"] == "2025-03-28T13:42:54.877000000Z"
     assert event["usage"] == {"input_tokens": 11}  # -1: the provider did not say
@@ -317,7 +316,7 @@ def test_numeric_strings_and_minus_one_counts() -> None:
 
 def test_provider_kind_uses_semconv_names() -> None:
     azure = variant(BLOCKING, provider_kind="azure-openai")
-    event = normalize(wire([azure]), CTX).events[0]
+    event = run([azure]).events[0]
     assert (event["provider"], event["upstream"]) == ("azure.ai.openai", "azure.ai.openai")
     assert event["attributes"]["otoroshi.provider_kind"] == "azure-openai"
 
@@ -325,7 +324,7 @@ def test_provider_kind_uses_semconv_names() -> None:
 def test_costs_in_another_currency_are_not_passed_off_as_usd() -> None:
     costs = dict(BLOCKING["costs"], currency="euro")
     euro = variant(BLOCKING, costs=costs, output=dict(BLOCKING["output"], metadata={}))
-    event = normalize(wire([euro]), CTX).events[0]
+    event = run([euro]).events[0]
     assert event["cost"] == {"currency": "USD", "source": "unknown"}
     assert event["attributes"]["otoroshi.costs.currency"] == "euro"
     assert event["attributes"]["otoroshi.costs.total_cost"] == 0.00001245
@@ -340,7 +339,7 @@ def test_impacts_budgets_and_consumer_rate_limit_kept_as_attributes() -> None:
     budgets = [{"budget_id": "budget_team", "consumption": {"remaining": {"dollars": 9.5}}}]
     consumer = {"max_tokens": 1000, "window_millis": 60000, "consumed_tokens": 29}
     rich = variant(BLOCKING, impacts=impacts, budgets=budgets, consumer_rate_limit=consumer)
-    attributes = normalize(wire([rich]), CTX).events[0]["attributes"]
+    attributes = run([rich]).events[0]["attributes"]
     assert attributes["otoroshi.impacts.energy.value.avg"] == 0.0002
     assert attributes["otoroshi.impacts.gwp.unit"] == "kgCO2eq"
     assert attributes["otoroshi.budgets.0.budget_id"] == "budget_team"
@@ -355,19 +354,19 @@ def test_realistic_secrets_never_reach_an_event() -> None:
     leaky = copy.deepcopy(STREAMING)
     leaky["apikey"] = copy.deepcopy(BLOCKING["apikey"])
     leaky["apikey"]["clientSecret"] = client_secret
+    leaky["apikey"]["rotation"] = {"enabled": True, "nextSecret": "n3xt-" + client_secret}
     leaky["apikey"]["metadata"] = {"team": "billing", "authorization": "Bearer abcdef123456"}
     leaky["user"]["token"] = user_token
     leaky["user"]["profile"] = {"access_token": user_token}
     leaky["provider_details"]["connection"] = {"base_url": "https://api.x", "token": provider_key}
     leaky["route"]["plugins"] = [{"config": {"apikey": client_secret}}]
-    leaky["error"] = {
-        "error": {"message": f"Incorrect API key provided: {provider_key}", "type": "auth"},
-        "echo": f"client {client_secret} user {user_token}",
-    }
-    result = normalize(wire([leaky]), CTX)
-    assert_clean(result, [leaky], extra_secrets=[provider_key, client_secret, user_token])
+    said = f"key {provider_key}, client {client_secret}, next n3xt-{client_secret}, {user_token}"
+    leaky["error"] = {"error": {"message": f"Incorrect API key provided: {said}", "type": "auth"}}
+    result = run([leaky], provider_key, client_secret, user_token)
     event = result.events[0]
-    assert event["error"]["message"].startswith("Incorrect API key provided: ")
+    assert event["error"]["message"] == (
+        "Incorrect API key provided: key [REDACTED], client [REDACTED], next [REDACTED], [REDACTED]"
+    )
     assert event["attributes"]["otoroshi.apikey.metadata.team"] == "billing"
     assert "otoroshi.apikey.metadata.authorization" not in event["attributes"]
 
@@ -377,6 +376,5 @@ def test_secret_quoted_in_an_unusual_place_is_swept() -> None:
     leaky = copy.deepcopy(GUARDRAIL)
     leaky["provider_details"]["connection"] = {"token": token}
     leaky["error"] = {"error": "bad_request", "error_description": f"token {token} refused"}
-    result = normalize(wire([leaky]), CTX)
-    assert_clean(result, [leaky], extra_secrets=[token])
+    result = run([leaky], token)
     assert result.events[0]["error"]["message"] == "token [REDACTED] refused"

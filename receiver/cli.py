@@ -24,7 +24,7 @@ from receiver import __version__
 from receiver.app import create_app
 from receiver.config import ConfigError, RelayConfig, load_config
 from receiver.logs import configure_logging
-from receiver.metrics import Metrics
+from receiver.metrics import Metrics, share_between_workers, worker_exited
 from receiver.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
@@ -79,6 +79,7 @@ def serve(config: RelayConfig) -> int:
         _run_worker(config, 0)
         return 0
     # One process per core, each with its own spool, sharing the port through SO_REUSEPORT.
+    share_between_workers(config.data_dir / "metrics")
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_run_worker, args=(config, i)) for i in range(config.workers)]
     for process in workers:
@@ -93,6 +94,8 @@ def serve(config: RelayConfig) -> int:
     signal.signal(signal.SIGINT, forward)
     for process in workers:
         process.join()
+        if process.pid is not None:
+            worker_exited(process.pid)
     return max((p.exitcode or 0) for p in workers)
 
 

@@ -8,7 +8,11 @@ show up as spend.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 from schemas import LLMEvent
 
@@ -16,6 +20,35 @@ _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 30)
 _SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LLM_LABELS = ("gateway", "provider", "upstream", "model")
+
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_workers(directory: Path) -> None:
+    """With RELAY_WORKERS > 1, every worker writes its metrics where any worker can read them.
+
+    Called in the parent before the workers fork, so that one scrape, whichever worker answers
+    it, reports the whole relay (prometheus_client's multiprocess mode).
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def worker_exited(pid: int) -> None:
+    if MULTIPROCESS_ENV in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """The registry to expose: this process's, or every worker's when they share metrics."""
+    if MULTIPROCESS_ENV not in os.environ:
+        return own
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    return combined
 
 
 class Metrics:
@@ -46,13 +79,18 @@ class Metrics:
             ("format", "reason"),
             registry=r,
         )
+        # Gauges say how workers combine when they share metrics (RELAY_WORKERS > 1).
         self.spool_bytes = Gauge(
-            "relay_spool_bytes", "Bytes of undelivered events in the spool.", registry=r
+            "relay_spool_bytes",
+            "Bytes of undelivered events in the spool.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.spool_max_bytes = Gauge(
             "relay_spool_max_bytes",
             "RELAY_SPOOL_MAX_BYTES: above it ingest answers 503.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.sink_sent = Counter(
             "relay_sink_sent_events", "Events a sink delivered.", ("sink",), registry=r
@@ -89,12 +127,14 @@ class Metrics:
             "Events spooled and not yet resolved for a sink.",
             ("sink",),
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.sink_oldest_age = Gauge(
             "relay_sink_oldest_pending_age_seconds",
             "Age of the oldest event not yet resolved for a sink (0 when none).",
             ("sink",),
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.sink_send_duration = Histogram(
             "relay_sink_send_duration_seconds",
@@ -108,6 +148,7 @@ class Metrics:
             "When a sink last delivered a batch.",
             ("sink",),
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.llm_requests = Counter(
             "llm_requests", "LLM calls reported by gateways.", (*_LLM_LABELS, "status"), registry=r

@@ -7,6 +7,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver.ingest import RELAY
+from receiver.metrics import exposition_registry
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -36,7 +37,7 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     await relay.refresh_gauges()
-    response = web.Response(body=generate_latest(relay.metrics.registry))
+    response = web.Response(body=generate_latest(exposition_registry(relay.metrics.registry)))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 

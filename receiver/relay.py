@@ -18,6 +18,8 @@ from sinks.spool import Spool
 
 log = structlog.get_logger("relay")
 
+GAUGE_INTERVAL = 5.0
+
 
 class Relay:
     def __init__(
@@ -46,6 +48,7 @@ class Relay:
         self.draining = False
         self._started = False
         self._stopped = False
+        self._gauges: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._started:
@@ -57,6 +60,7 @@ class Relay:
         self.metrics.spool_max_bytes.set(self.config.spool_max_bytes)
         for dispatcher in self.dispatchers.values():
             await dispatcher.start()
+        self._gauges = asyncio.create_task(self._refresh_gauges_forever(), name="gauges")
         self.ready = True
         log.info(
             "relay_started",
@@ -74,6 +78,8 @@ class Relay:
             return
         self._stopped = True
         self.begin_drain()
+        if self._gauges is not None:
+            self._gauges.cancel()
         grace = self.config.shutdown_grace
         await asyncio.gather(*(d.stop(grace) for d in self.dispatchers.values()))
         if self._started:
@@ -119,6 +125,13 @@ class Relay:
             },
             "sinks": sinks,
         }
+
+    async def _refresh_gauges_forever(self) -> None:
+        # A scrape refreshes the gauges too; this keeps them current for the other workers'
+        # scrapes when RELAY_WORKERS > 1 (each worker can only measure its own spool).
+        while True:
+            await self.refresh_gauges()
+            await asyncio.sleep(GAUGE_INTERVAL)
 
     async def refresh_gauges(self) -> None:
         now = time.time()

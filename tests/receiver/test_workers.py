@@ -42,3 +42,26 @@ def test_two_workers_share_the_port_and_lose_nothing(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "spool" / "worker-1.sqlite3").exists()
     finally:
         assert relay.stop() == 0
+
+
+def test_one_scrape_counts_every_workers_events(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "data", {"RELAY_WORKERS": "2"}).start()
+    try:
+        for _ in range(30):
+            response = urllib3.request(
+                "POST",
+                relay.url + "/v1/traces",
+                body=otlp_json_spans(1, "shared-model"),
+                headers={"Content-Type": "application/json", "Connection": "close"},
+                timeout=10,
+            )
+            assert response.status == 200
+        line = (
+            'llm_requests_total{gateway="openrouter",model="shared-model",provider="unknown",'
+            'status="ok",upstream="unknown"} 30.0'
+        )
+        for _ in range(5):  # whichever worker answers, the count is the relay's
+            scrape = urllib3.request("GET", relay.url + "/metrics", headers={"Connection": "close"})
+            assert line in scrape.data.decode()
+    finally:
+        assert relay.stop() == 0

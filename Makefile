@@ -34,7 +34,7 @@ unit: $(BIN)/.installed $(AGENT_VENV)/.installed
 
 test: lint typecheck unit
 
-bench: $(BIN)/.installed $(AGENT_VENV)/.installed
+bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
 clean:

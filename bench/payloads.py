@@ -40,9 +40,7 @@ class Scenario:
 SCENARIOS: Final = {
     s.name: s
     for s in (
-        Scenario(
-            "otlp-json", "OTLP/JSON, 1 span/request", "/v1/traces", "application/json", 1
-        ),
+        Scenario("otlp-json", "OTLP/JSON, 1 span/request", "/v1/traces", "application/json", 1),
         Scenario(
             "otlp-proto",
             "OTLP protobuf, 100 spans/request",

@@ -1,0 +1,108 @@
+"""``python -m bench``: load the relay (durable spool, file + Tempo + Datadog sinks) on loopback.
+
+For each scenario: the same load against a null receiver (the ceiling), then against the relay;
+events/s accepted and delivered to every sink, p50/p99 acknowledgement latency, peak RSS, CPU
+seconds per 1,000 events, each also as a ratio to the null receiver. ``--soak`` instead runs every
+scenario at once for five minutes and reports the relay's memory over time.
+
+Everything is bounded in count and time, talks to 127.0.0.1 only, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import asdict, replace
+from typing import Any
+
+import orjson
+
+from bench import report
+from bench.payloads import SCENARIOS
+from bench.runner import Settings, log, run_scenario, run_soak
+
+DEFAULT_SECONDS = 20.0
+QUICK_SECONDS = 2.0
+SOAK_SECONDS = 300.0
+# The soak paces its load below what the relay delivers on one core (see BENCHMARKS.md): memory is
+# judged at a steady state, not while the spool grows without bound.
+SOAK_RATE = 1200.0
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable; default: all three)",
+    )
+    parser.add_argument("--seconds", type=float, help="load time per run (default 20; quick 2)")
+    parser.add_argument("--connections", type=int, help="concurrent connections (default 64)")
+    parser.add_argument("--quick", action="store_true", help="a few seconds each: the smoke test")
+    parser.add_argument("--soak", action="store_true", help="every scenario at once for 5 minutes")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="events/s to pace the load at, shared by the scenarios (default: closed loop, as"
+        f" fast as the server answers; --soak: {SOAK_RATE:g})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--out", help="also write the JSON report to this file")
+    parser.add_argument(
+        "--client", choices=("raw", "aiohttp"), default="raw", help="load generator client"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    args = parser.parse_args(argv)
+    if args.quick and args.soak:
+        parser.error("--quick and --soak exclude each other")
+    for name in ("seconds", "connections", "rate"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    seconds = args.seconds or (
+        QUICK_SECONDS if args.quick else SOAK_SECONDS if args.soak else DEFAULT_SECONDS
+    )
+    settings = Settings(seconds=seconds, connections=args.connections or (16 if args.quick else 64))
+    rate = args.rate or (SOAK_RATE if args.soak else None)
+    settings = replace(settings, client=args.client, keep=args.keep, rate=rate)
+    if args.quick:
+        settings = replace(settings, variants=8, drain_timeout=20.0)
+    if settings.cores.client is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, settings.cores.client)  # keep this process off the server's core
+    scenarios = args.scenario or list(SCENARIOS)
+    result: dict[str, Any] = {
+        "command": shlex.join(
+            ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": report.machine(),
+        "settings": {
+            **{k: v for k, v in asdict(settings).items() if k != "cores"},
+            "pinning": settings.cores.describe(),
+        },
+    }
+    if args.soak:
+        result["soak"] = run_soak(scenarios, settings)
+    else:
+        result["scenarios"] = [run_scenario(name, settings) for name in scenarios]
+    encoded = orjson.dumps(result, option=orjson.OPT_INDENT_2)
+    if args.out:
+        with open(args.out, "wb") as handle:
+            handle.write(encoded)
+    if args.json:
+        sys.stdout.buffer.write(encoded + b"\n")
+    else:
+        print(report.render(result))
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The machine a run came from, and the tables (Markdown, so they paste into BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("aiohttp", "uvloop", "orjson", "protobuf", "opentelemetry-proto")
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": memory,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "packages": versions,
+    }
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def scenarios_table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | target | accepted ev/s | delivered ev/s (all sinks) | p50 ack ms | p99 ack ms"
+        " | peak RSS MiB | CPU s / 1k ev | server CPU |"
+    )
+    rows = [head, "|" + "---|" * 9]
+    for result in results:
+        relay, null, ratio = result["relay"], result["null"], result["ratios"]
+        name = f"{result['scenario']} ({result['events_per_request']} ev/req)"
+        for label, row in (("relay", relay), ("null receiver", null)):
+            rows.append(
+                f"| {name} | {label} | {_n(row['accepted_eps'])} | "
+                f"{_n(row.get('delivered_eps')) if label == 'relay' else 'n/a'} | "
+                f"{_n(row['p50_ms'], 1)} | {_n(row['p99_ms'], 1)} | {_n(row['peak_rss_mb'], 1)} | "
+                f"{_n(row['cpu_s_per_1k_events'], 3)} | {_n(row['server_cpu_util'] * 100)}% |"
+            )
+            name = ""
+        rows.append(
+            f"| | relay / null | {_ratio(ratio['accepted_eps'])} | {_ratio(ratio['delivered_eps'])}"
+            f" | {_ratio(ratio['p50_ms'])} | {_ratio(ratio['p99_ms'])} |"
+            f" {_ratio(ratio['peak_rss_mb'])} | {_ratio(ratio['cpu_s_per_1k_events'])} | |"
+        )
+    return "\n".join(rows)
+
+
+def details_table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | requests/s relay / null | relay errors | accepted events | caught up after"
+        " (s): file / tempo / datadog | load s | load generator CPU relay / null |"
+    )
+    rows = [head, "|" + "---|" * 7]
+    for result in results:
+        relay, null = result["relay"], result["null"]
+        delivered = relay["delivered"]
+        caught = " / ".join(_n(delivered[s]["seconds"], 2) for s in ("file", "tempo", "datadog"))
+        errors = ", ".join(f"{k}: {v}" for k, v in relay["errors"].items()) or "none"
+        rate = " / ".join(_n(r["requests_ok"] / r["load_seconds"]) for r in (relay, null))
+        cpu = " / ".join(f"{_n(r['loadgen_cpu_util'] * 100)}%" for r in (relay, null))
+        rows.append(
+            f"| {result['scenario']} | {rate} | {errors} | {_n(relay['accepted_events'])} |"
+            f" {caught} | {relay['load_seconds']:.1f} | {cpu} |"
+        )
+    return "\n".join(rows)
+
+
+def targets(results: list[dict[str, Any]], soak: dict[str, Any] | None) -> list[str]:
+    """The issue's targets, read against this run."""
+    found = []
+    by_name = {r["scenario"]: r for r in results}
+    if "otlp-json" in by_name:
+        ratio = by_name["otlp-json"]["ratios"]["accepted_eps"]
+        verdict = "met" if ratio is not None and ratio >= 0.5 else "NOT met"
+        found.append(
+            f"single-span OTLP/JSON at >= 50% of the null receiver's rate: {_ratio(ratio)}"
+            f" -> {verdict}"
+        )
+    if "otlp-proto" in by_name:
+        delivered = by_name["otlp-proto"]["relay"]["delivered_eps"]
+        verdict = "met" if delivered is not None and delivered >= 10_000 else "NOT met"
+        found.append(
+            f"100-span protobuf delivered to all sinks at >= 10,000 spans/s: {_n(delivered)}"
+            f" -> {verdict}"
+        )
+    if soak is not None:
+        rss = soak["relay"]["rss_mb"]
+        found.append(
+            f"memory over the soak: start {_n(rss['start_10s'], 1)} MiB, middle"
+            f" {_n(rss['middle'], 1)} MiB, end {_n(rss['end'], 1)} MiB,"
+            f" max {_n(rss['max'], 1)} MiB,"
+            f" slope {_n(rss['slope_mb_per_min_after_20pct'], 2)} MiB/min"
+        )
+    return found
+
+
+def soak_table(soak: dict[str, Any]) -> str:
+    relay = soak["relay"]
+    rss = relay["rss_mb"]
+    rows = [
+        "| scenarios | load s | accepted ev/s | delivered ev/s | RSS MiB at 10 s / middle / end"
+        " | max | slope after 20% | CPU s / 1k ev |",
+        "|" + "---|" * 8,
+        f"| {', '.join(soak['scenarios'])} | {relay['load_seconds']:.0f} |"
+        f" {_n(relay['accepted_eps'])} | {_n(relay['delivered_eps'])} |"
+        f" {_n(rss['start_10s'], 1)} / {_n(rss['middle'], 1)} / {_n(rss['end'], 1)} |"
+        f" {_n(rss['max'], 1)} | {_n(rss['slope_mb_per_min_after_20pct'], 2)} MiB/min |"
+        f" {_n(relay['cpu_s_per_1k_events'], 3)} |",
+    ]
+    return "\n".join(rows)
+
+
+def render(report: dict[str, Any]) -> str:
+    info = report["machine"]
+    lines = [
+        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB,"
+        f" Python {info['python']}, {info['platform']}, load average at start"
+        f" {info['load_average_at_start']}",
+        f"command: {report['command']}",
+        f"settings: {report['settings']}",
+        "",
+    ]
+    if report.get("scenarios"):
+        lines += [scenarios_table(report["scenarios"]), "", details_table(report["scenarios"]), ""]
+    if report.get("soak"):
+        lines += [soak_table(report["soak"]), ""]
+    lines += [f"- {line}" for line in targets(report.get("scenarios") or [], report.get("soak"))]
+    return "\n".join(lines)

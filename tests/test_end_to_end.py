@@ -138,7 +138,9 @@ async def test_gateways_to_tempo_and_datadog(
         lambda: process.get_json("/v1/status")["sinks"]["datadog"]["dropped"] == expected,
         message="old events dropped for Datadog",
     )
-    fresh = otlp_span("gpt-4o-mini", **{"session.id": "s-42", "gen_ai.usage.input_tokens": "12"})
+    fresh = otlp_span(
+        "gpt-4o-mini", attributes={"session.id": "s-42", "gen_ai.usage.input_tokens": "12"}
+    )
     response = await asyncio.to_thread(
         process.request, "POST", "/v1/traces", otlp_json([fresh]), JSON
     )

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 
-def otlp_span(model: str = "gpt-4o", index: int = 0, **attributes: str) -> dict[str, Any]:
+def otlp_span(
+    model: str = "gpt-4o", index: int = 0, attributes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """One OTLP JSON LLM span with fresh ids, ended a moment ago."""
-    values = {"gen_ai.request.model": model, **attributes}
+    values = {"gen_ai.request.model": model, **(attributes or {})}
     return {
         "traceId": os.urandom(16).hex(),
         "spanId": os.urandom(8).hex(),

@@ -70,7 +70,7 @@ async def _accept(request: web.Request, route: Route) -> Normalized:
     if result.events:
         process(result.events, tenant if isinstance(tenant, str) else None, relay.config.content)
         try:
-            await relay.spool.append([orjson.dumps(event) for event in result.events])
+            await relay.spool.append([orjson.dumps(e) for e in result.events], result.events)
         except SpoolFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
         relay.metrics.observe_events(result.events)

@@ -8,6 +8,7 @@ show up as spend.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 from pathlib import Path
@@ -184,10 +185,21 @@ class Metrics:
         )
 
     def observe_events(self, events: list[LLMEvent]) -> None:
-        """Count accepted events, by pipeline and LLM dimensions."""
+        """Count accepted events, by pipeline and LLM dimensions.
+
+        Sums are gathered per label set first: a request's events mostly share their labels, and
+        a ``labels()`` lookup costs more than the addition.
+        """
+        received: collections.Counter[tuple[str, str]] = collections.Counter()
+        requests: collections.Counter[tuple[str, ...]] = collections.Counter()
+        errors: collections.Counter[tuple[str, ...]] = collections.Counter()
+        tokens: collections.Counter[tuple[str, ...]] = collections.Counter()
+        cost: dict[tuple[str, ...], float] = {}
+        durations: dict[tuple[str, ...], list[float]] = {}
+        ttfts: dict[tuple[str, ...], list[float]] = {}
         for event in events:
             source = event["source"]
-            self.events_received.labels(source["format"], source["gateway"]).inc()
+            received[source["format"], source["gateway"]] += 1
             if source.get("test"):
                 continue
             labels = (
@@ -197,23 +209,38 @@ class Metrics:
                 event.get("request_model") or event.get("response_model") or "unknown",
             )
             status = event.get("status", "ok")
-            self.llm_requests.labels(*labels, status).inc()
+            requests[(*labels, status)] += 1
             if status == "error":
-                self.llm_errors.labels(*labels, event.get("error", {}).get("type", "unknown")).inc()
+                errors[(*labels, event.get("error", {}).get("type", "unknown"))] += 1
             usage = event.get("usage", {})
             for field, kind in _TOKEN_FIELDS:
                 count = usage.get(field)
                 if isinstance(count, int) and count > 0:
-                    self.llm_tokens.labels(*labels, kind).inc(count)
+                    tokens[(*labels, kind)] += count
             total = event.get("cost", {}).get("total")
             if total:
-                self.llm_cost.labels(*labels).inc(total)
+                cost[labels] = cost.get(labels, 0.0) + total
             duration = event.get("duration_ms")
             if duration is not None:
-                self.llm_duration.labels(*labels).observe(duration / 1000)
+                durations.setdefault(labels, []).append(duration / 1000)
             ttft = event.get("ttft_ms")
             if ttft is not None:
-                self.llm_ttft.labels(*labels).observe(ttft / 1000)
+                ttfts.setdefault(labels, []).append(ttft / 1000)
+        for (fmt, gateway), count in received.items():
+            self.events_received.labels(fmt, gateway).inc(count)
+        for counter, sums in (
+            (self.llm_requests, requests),
+            (self.llm_errors, errors),
+            (self.llm_tokens, tokens),
+            (self.llm_cost, cost),
+        ):
+            for key, amount in sums.items():
+                counter.labels(*key).inc(amount)
+        for histogram, samples in ((self.llm_duration, durations), (self.llm_ttft, ttfts)):
+            for key, seconds in samples.items():
+                child = histogram.labels(*key)
+                for value in seconds:
+                    child.observe(value)
 
 
 _TOKEN_FIELDS = (

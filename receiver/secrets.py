@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ _SECRET_VALUE = re.compile(
 _NOT_SECRET = re.compile(r"(_name|\.name|_hash|\.hash|_id|\.id|_count|tokens?_?(limit|remaining))$")
 
 
+@functools.lru_cache(maxsize=8192)
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET.search(key)
 

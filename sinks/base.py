@@ -88,7 +88,10 @@ class Sink(Protocol):
         """Open connections or files; called once before the first ``send``."""
 
     async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
-        """Deliver one batch or raise a ``SinkError`` saying why not."""
+        """Deliver one batch or raise a ``SinkError`` saying why not.
+
+        The events are shared with the other sinks: read them, never modify them.
+        """
 
     async def probe(self) -> ProbeResult:
         """Check live that this sink can deliver now (credentials, reachability, disk)."""

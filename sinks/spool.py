@@ -17,6 +17,8 @@ All database work runs in one dedicated thread; the event loop only waits on it.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -25,8 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from schemas import LLMEvent
+
 # Rows removed at most per cleanup transaction, so one cleanup never holds the thread for long.
 _CLEANUP_ROWS: Final = 50_000
+# The newest events stay in memory, decoded: sinks that keep up read them from here, without a
+# database round trip and without decoding the same JSON once per sink.
+TAIL_EVENTS: Final = 8192
 
 
 class SpoolFullError(Exception):
@@ -37,11 +44,14 @@ class Record(NamedTuple):
     seq: int
     received: float  # unix seconds
     body: bytes
+    # The decoded event when it is still in the in-memory tail. Shared by every sink: read-only.
+    event: LLMEvent | None = None
 
 
 @dataclass(slots=True)
 class _PendingAppend:
     bodies: Sequence[bytes]
+    events: Sequence[LLMEvent] | None
     received: float
     size: int
     done: asyncio.Future[None]
@@ -60,6 +70,7 @@ class Spool:
         self._committer: asyncio.Task[None] | None = None
         self._acked = asyncio.Event()
         self._new_data: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sinks}
+        self._tail: collections.deque[Record] = collections.deque(maxlen=TAIL_EVENTS)
         self.cursors: dict[str, int] = {}
         self.last_seq = 0
         self.stored_bytes = 0
@@ -130,8 +141,13 @@ class Spool:
         # Ready to take at least a typical request (64 KiB) more.
         return not self.has_room(64 * 1024)
 
-    async def append(self, bodies: Sequence[bytes]) -> None:
-        """Store events durably; returns once they would survive a crash."""
+    async def append(
+        self, bodies: Sequence[bytes], events: Sequence[LLMEvent] | None = None
+    ) -> None:
+        """Store events durably; returns once they would survive a crash.
+
+        ``events``, when given, are the decoded ``bodies``; they are kept for the sinks' reads.
+        """
         if not bodies:
             return
         if self._closed:
@@ -143,7 +159,7 @@ class Spool:
                 f" (RELAY_SPOOL_MAX_BYTES={self.max_bytes})"
             )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingAppend(bodies, time.time(), size, done))
+        self._pending.append(_PendingAppend(bodies, events, time.time(), size, done))
         self._pending_bytes += size
         self._wakeup.set()
         await done
@@ -164,7 +180,7 @@ class Spool:
                         if not item.done.done():
                             item.done.set_exception(SpoolFullError(f"spool write failed: {error}"))
                     continue
-                self.last_seq += sum(len(item.bodies) for item in batch)
+                self._remember(batch)
                 self.stored_bytes += size
                 self._pending_bytes -= size
                 for item in batch:
@@ -174,6 +190,17 @@ class Spool:
                     event.set()
             if self._closed and not self._pending:
                 return
+
+    def _remember(self, batch: list[_PendingAppend]) -> None:
+        """Number the committed events as ``_commit`` did, and keep the newest in memory."""
+        tail = self._tail
+        seq = self.last_seq
+        for item in batch:
+            decoded = item.events if item.events is not None else [None] * len(item.bodies)
+            for body, event in zip(item.bodies, decoded, strict=True):
+                seq += 1
+                tail.append(Record(seq, item.received, body, event))
+        self.last_seq = seq
 
     def _commit(self, batch: list[_PendingAppend], last_seq: int) -> None:
         assert self._db is not None
@@ -203,6 +230,11 @@ class Spool:
 
     async def read(self, sink: str, limit: int, max_bytes: int) -> list[Record]:
         """The next events for a sink, oldest first: at most ``limit`` and about ``max_bytes``."""
+        after = self.cursors[sink]
+        tail = self._tail
+        if tail and tail[0].seq <= after + 1:
+            start = after + 1 - tail[0].seq
+            return _bounded(itertools.islice(tail, start, start + limit), max_bytes)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self._read, self.cursors[sink], limit, max_bytes
@@ -214,14 +246,7 @@ class Spool:
             "SELECT seq, received, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
-        records: list[Record] = []
-        total = 0
-        for seq, received, body in rows:
-            if records and total + len(body) > max_bytes:
-                break
-            records.append(Record(seq, received, body))
-            total += len(body)
-        return records
+        return _bounded((Record(seq, received, body) for seq, received, body in rows), max_bytes)
 
     async def oldest_pending(self, sink: str) -> float | None:
         """When the oldest event not yet resolved for ``sink`` arrived (unix seconds)."""
@@ -284,3 +309,15 @@ class Spool:
             freed += int(size)
             if upto >= floor:
                 return freed
+
+
+def _bounded(records: Iterable[Record], max_bytes: int) -> list[Record]:
+    """Records in order until ``max_bytes`` would be passed (at least one)."""
+    chosen: list[Record] = []
+    total = 0
+    for record in records:
+        if chosen and total + len(record.body) > max_bytes:
+            break
+        chosen.append(record)
+        total += len(record.body)
+    return chosen

@@ -52,8 +52,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from receiver import __version__
 from receiver.settings import EnvReader, mask
@@ -78,6 +78,8 @@ SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"
 # Encoding costs about 0.1 ms per event: above this many, it would hold the event loop too long.
 THREAD_THRESHOLD: Final = 32
 RETRYABLE: Final = frozenset({429, 502, 503, 504})
+# Level 1 compresses these payloads nearly as well as 6 (ratio 18.6 vs 19.5) for less CPU.
+GZIP_LEVEL: Final = 1
 MAX_MESSAGE: Final = 300
 AUTH_HINT: Final = "check RELAY_TEMPO_BASIC_AUTH (and any credentials in RELAY_TEMPO_HEADERS)"
 ENDPOINT_HINT: Final = "check RELAY_TEMPO_ENDPOINT (the full traces URL, e.g. .../otlp/v1/traces)"
@@ -277,44 +279,46 @@ def server_message(body: bytes, content_type: str) -> str:
 
 
 def encode_request(events: Sequence[LLMEvent]) -> bytes:
-    """The gzip-compressed protobuf ``ExportTraceServiceRequest`` for a batch."""
+    """The gzip-compressed protobuf ``ExportTraceServiceRequest`` for a batch.
+
+    Spans and attributes are filled in place (``add()`` then set fields): building standalone
+    messages and appending them makes protobuf copy each one, about twice the cost.
+    """
     request = ExportTraceServiceRequest()
-    groups: dict[tuple[str, str | None], ResourceSpans] = {}
+    groups: dict[tuple[str, str | None], Any] = {}
     for event in events:
         source: Mapping[str, Any] = event.get("source") or {}
         key = (str(source.get("gateway") or "unknown"), source.get("tenant"))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = request.resource_spans.add()
-            resource = {"service.name": key[0], "tenant.id": key[1]}
-            group.resource.attributes.extend(key_values(resource))
+        spans = groups.get(key)
+        if spans is None:
+            group = request.resource_spans.add()
+            set_attributes(group.resource.attributes, {"service.name": key[0], "tenant.id": key[1]})
             scope_spans = group.scope_spans.add(schema_url=SCHEMA_URL)
             scope_spans.scope.name, scope_spans.scope.version = SCOPE_NAME, __version__
+            spans = groups[key] = scope_spans.spans
         try:
-            group.scope_spans[0].spans.append(event_span(event))
+            fill_span(spans.add(), event)
         except (KeyError, ValueError, TypeError) as error:
             # One malformed event: the dispatcher bisects the batch to dead-letter only it.
             event_id = event.get("event_id")
             raise PermanentError(f"cannot encode event {event_id!r}: {error!r}") from error
-    return gzip.compress(request.SerializeToString(), compresslevel=6)
+    return gzip.compress(request.SerializeToString(), compresslevel=GZIP_LEVEL)
 
 
-def event_span(event: LLMEvent) -> Span:
+def fill_span(span: Span, event: LLMEvent) -> None:
     operation, model = event["operation"], event.get("request_model")
-    span = Span(
-        trace_id=bytes.fromhex(event["trace_id"]),
-        span_id=bytes.fromhex(event["span_id"]),
-        parent_span_id=bytes.fromhex(event.get("parent_span_id", "")),
-        name=f"{operation} {model}" if model else operation,
-        kind=Span.SPAN_KIND_CLIENT,
-        start_time_unix_nano=unix_ns(event["start_time"]),
-        end_time_unix_nano=unix_ns(event["end_time"]),
-    )
-    span.attributes.extend(key_values(span_attributes(event)))
+    span.trace_id = bytes.fromhex(event["trace_id"])
+    span.span_id = bytes.fromhex(event["span_id"])
+    if "parent_span_id" in event:
+        span.parent_span_id = bytes.fromhex(event["parent_span_id"])
+    span.name = f"{operation} {model}" if model else operation
+    span.kind = Span.SPAN_KIND_CLIENT
+    span.start_time_unix_nano = unix_ns(event["start_time"])
+    span.end_time_unix_nano = unix_ns(event["end_time"])
+    set_attributes(span.attributes, span_attributes(event))
     if event.get("status") == "error":
         span.status.code = Status.STATUS_CODE_ERROR
         span.status.message = event.get("error", {}).get("message", "")[:1024]
-    return span
 
 
 def span_attributes(event: LLMEvent) -> dict[str, Any]:
@@ -376,30 +380,43 @@ def unix_ns(stamp: str) -> int:
     return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
-def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=any_value(v)) for k, v in attributes.items() if v is not None]
+def set_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
+    """Append ``attributes`` to a repeated KeyValue field; ``None`` values are left out."""
+    for key, value in attributes.items():
+        if value is not None:
+            pair = target.add()
+            pair.key = key
+            set_value(pair.value, value)
 
 
-def any_value(value: Any) -> AnyValue:
+def set_value(target: AnyValue, value: Any) -> None:
     """Typed OTLP values, so that TraceQL compares numbers as numbers."""
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        # int64 on the wire: a larger integer keeps its digits as a string rather than failing.
-        fits = -(1 << 63) <= value < (1 << 63)
-        return AnyValue(int_value=value) if fits else AnyValue(string_value=str(value))
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
     if isinstance(value, str):
-        return AnyValue(string_value=value)
-    # OTLP arrays are homogeneous and of scalars.
-    kinds = {type(item) for item in value} if isinstance(value, list | tuple) else {dict}
-    if len(kinds) <= 1 and kinds <= {str, int, float, bool}:
-        result = AnyValue()
-        result.array_value.values.extend(any_value(item) for item in value)
-        return result
-    # Maps and nested lists as JSON text: Tempo indexes neither kvlists nor nested arrays.
-    return AnyValue(string_value=orjson.dumps(value, default=str).decode())
+        target.string_value = value
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        # int64 on the wire: a larger integer keeps its digits as a string rather than failing.
+        if -(1 << 63) <= value < (1 << 63):
+            target.int_value = value
+        else:
+            target.string_value = str(value)
+    elif isinstance(value, float):
+        target.double_value = value
+    elif (
+        isinstance(value, list | tuple)
+        and all(isinstance(item, str | int | float | bool) for item in value)
+        and len({type(item) for item in value}) <= 1
+    ):
+        # OTLP arrays are homogeneous and of scalars.
+        values = target.array_value.values
+        for item in value:
+            set_value(values.add(), item)
+        if not value:
+            target.array_value.SetInParent()
+    else:
+        # Maps and nested lists as JSON text: Tempo indexes neither kvlists nor nested arrays.
+        target.string_value = orjson.dumps(value, default=str).decode()
 
 
 SPEC = SinkSpec(

@@ -11,6 +11,7 @@ dropped silently. Spans that are not LLM calls (tools, agents, HTTP) are skipped
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
@@ -184,9 +185,20 @@ class _Taker:
         self.left = dict(attributes)
 
     def take(self, keys: Iterable[str], convert: Callable[[Any], Any] = lambda v: v) -> Any:
+        left = self.left
+        present = [key for key in keys if key in left]
+        if not present:
+            return None
+        if len(present) == 1:  # the common case: one name, no alias to compare
+            key = present[0]
+            value = convert(left[key])
+            if value is None or value == "":
+                return None  # unusable: the raw value stays in attributes
+            del left[key]
+            return value
         chosen: Any = None
         found: list[tuple[str, Any]] = []
-        for key in keys:
+        for key in present:
             if key in self.left:
                 raw = self.left.pop(key)
                 value = convert(raw)
@@ -207,7 +219,12 @@ def _text(value: Any) -> str | None:
 def _token(value: Any) -> str | None:
     """A provider name as a semconv-style token: ``Google AI Studio`` -> ``google_ai_studio``."""
     text = _text(value)
-    return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None if text else None
+    return _tokenized(text) if text else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokenized(text: str) -> str | None:
+    return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None
 
 
 def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:

@@ -11,12 +11,9 @@ answer means. Batching, retries and dead letters belong to the dispatcher.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
@@ -39,6 +36,7 @@ from sinks.base import (
     SinkError,
 )
 from sinks.datadog_format import EncodedBatch, Mode, SpanFormat, encode_batch, ml_app_problem
+from sinks.http import parse_retry_after, transport_failure
 from sinks.registry import SinkSpec
 
 log = structlog.get_logger("relay.sinks.datadog")
@@ -249,9 +247,8 @@ class DatadogSink:
                 body = await response.content.read(ERROR_BODY_MAX)
                 raise classify(response.status, response.headers, body, self.config)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise RetryableError(
-                f"Datadog: cannot reach {self.config.host}: {reason(error, self.config.timeout)}"
-            ) from error
+            why = transport_failure(error, self.config.timeout)
+            raise RetryableError(f"Datadog: cannot reach {self.config.host}: {why}") from error
 
     async def _encode(self, events: Sequence[LLMEvent]) -> EncodedBatch:
         small = len(events) <= INLINE_ENCODE_MAX and not any(
@@ -295,7 +292,7 @@ class DatadogSink:
             return self._verdict(False, f"{config.host} answered {said} to the key check")
         except (urllib3.exceptions.HTTPError, OSError) as error:
             return self._verdict(
-                False, f"cannot reach {config.host}: {reason(error, config.timeout)}"
+                False, f"cannot reach {config.host}: {transport_failure(error, config.timeout)}"
             )
         if not getattr(answer, "valid", False):
             return self._verdict(False, f"API key rejected for site {config.site}")
@@ -319,7 +316,7 @@ class DatadogSink:
                 info = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             return self._verdict(
-                False, f"cannot reach {config.host}: {reason(error, timeout.total)}"
+                False, f"cannot reach {config.host}: {transport_failure(error, timeout.total)}"
             )
         except ValueError:
             return self._verdict(False, f"{config.base_url}/info is not a Datadog Agent's answer")
@@ -400,37 +397,13 @@ def intake_message(body: bytes) -> str:
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """``Retry-After`` as seconds or an HTTP-date, else Datadog's ``X-RateLimit-Reset`` seconds."""
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC by RFC 5322
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, when.timestamp() - time.time())
+    if headers.get("Retry-After"):
+        return parse_retry_after(headers["Retry-After"])
     reset = headers.get("X-RateLimit-Reset")
     try:
         return max(0.0, float(reset)) if reset else None
     except ValueError:
         return None
-
-
-def reason(error: BaseException, timeout: float | None) -> str:
-    """A transport failure in a few words, without the object reprs libraries put in messages."""
-    if isinstance(error, TimeoutError):
-        return f"no answer within {timeout}s"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return error.os_error.strerror or str(error.os_error)
-    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
-        error = error.reason
-    text = str(error) or type(error).__name__
-    marker = text.find("Failed to establish")
-    return text[marker:] if marker >= 0 else text
 
 
 SPEC = SinkSpec(

@@ -34,9 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import calendar
-import email.utils
 import gzip
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,6 +64,7 @@ from sinks.base import (
     RetryableError,
     SendResult,
 )
+from sinks.http import parse_retry_after, transport_failure
 from sinks.registry import SinkSpec
 
 # Tempo's distributor takes 4 MiB gRPC messages and Grafana Cloud 15 MiB; 10 s is the OTLP
@@ -228,32 +227,8 @@ class TempoSink:
                 detail = "" if got.status < 300 else server_message(payload, got.content_type)
                 return _Answer(got.status, detail, payload, got.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as error:
-            why = reason(error, self.config.timeout)
+            why = transport_failure(error, self.config.timeout, "RELAY_TEMPO_TIMEOUT")
             raise RetryableError(f"Tempo: cannot reach {self.url}: {why}") from error
-
-
-def reason(error: BaseException, timeout: float) -> str:
-    if isinstance(error, TimeoutError):
-        return f"no answer within {timeout:g}s (RELAY_TEMPO_TIMEOUT)"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        if isinstance(error.os_error, ConnectionRefusedError):
-            return "connection refused"
-        return error.os_error.strerror or str(error.os_error) or type(error.os_error).__name__
-    return str(error) or type(error).__name__
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as delay-seconds or an HTTP-date (RFC 9110); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def partial_success(body: bytes) -> SendResult | None:

@@ -38,8 +38,9 @@ from sinks.base import (
     SendResult,
     Sink,
 )
+from sinks.http import parse_retry_after
 from sinks.registry import read_dispatch_settings
-from sinks.tempo import SPEC, TempoSink, TempoSinkConfig, parse_retry_after
+from sinks.tempo import SPEC, TempoSink, TempoSinkConfig
 from tests.helpers.ports import free_port
 from tests.helpers.scripted_server import Answer, ScriptedServer
 from tests.helpers.test_agent import TestAgent

@@ -32,8 +32,10 @@ from schemas import LLMEvent
 # Rows removed at most per cleanup transaction, so one cleanup never holds the thread for long.
 _CLEANUP_ROWS: Final = 50_000
 # The newest events stay in memory, decoded: sinks that keep up read them from here, without a
-# database round trip and without decoding the same JSON once per sink.
+# database round trip and without decoding the same JSON once per sink. Bounded in count and in
+# bytes of JSON (decoded, an event takes a few times its JSON size).
 TAIL_EVENTS: Final = 8192
+TAIL_BYTES: Final = 8 * 1024 * 1024
 
 
 class SpoolFullError(Exception):
@@ -70,7 +72,8 @@ class Spool:
         self._committer: asyncio.Task[None] | None = None
         self._acked = asyncio.Event()
         self._new_data: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sinks}
-        self._tail: collections.deque[Record] = collections.deque(maxlen=TAIL_EVENTS)
+        self._tail: collections.deque[Record] = collections.deque()
+        self._tail_bytes = 0
         self.cursors: dict[str, int] = {}
         self.last_seq = 0
         self.stored_bytes = 0
@@ -200,6 +203,9 @@ class Spool:
             for body, event in zip(item.bodies, decoded, strict=True):
                 seq += 1
                 tail.append(Record(seq, item.received, body, event))
+            self._tail_bytes += item.size
+        while tail and (len(tail) > TAIL_EVENTS or self._tail_bytes > TAIL_BYTES):
+            self._tail_bytes -= len(tail.popleft().body)
         self.last_seq = seq
 
     def _commit(self, batch: list[_PendingAppend], last_seq: int) -> None:

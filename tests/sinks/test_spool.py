@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from sinks.spool import Spool, SpoolFullError
@@ -84,4 +85,21 @@ async def test_a_new_sink_starts_now_and_a_removed_one_stops_pinning(tmp_path: P
     assert spool.backlog("new") == 0
     assert spool.abandoned == {"old": 2}
     assert spool.stored_bytes == 0
+    await spool.close()
+
+
+async def test_recent_events_are_read_decoded_and_older_ones_from_disk(tmp_path: Path) -> None:
+    from sinks import spool as spool_module
+
+    spool = await opened(tmp_path / "spool.sqlite3", ["a", "b"])
+    total = spool_module.TAIL_EVENTS + 100
+    bodies = [orjson.dumps({"n": i}) for i in range(total)]
+    await spool.append(bodies, [{"n": i} for i in range(total)])  # type: ignore[typeddict-unknown-key]
+    # "a" is behind the in-memory tail: its first events come from the database, as JSON.
+    early = await spool.read("a", 10, 1 << 20)
+    assert [r.event for r in early] == [None] * 10
+    assert [orjson.loads(r.body)["n"] for r in early] == list(range(10))
+    await spool.ack("a", total - 5)
+    recent = await spool.read("a", 10, 1 << 20)
+    assert [r.event for r in recent] == [{"n": i} for i in range(total - 5, total)]
     await spool.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,3 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
         yield process
     finally:
         process.stop()
-
-
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"

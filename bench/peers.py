@@ -65,13 +65,18 @@ def datadog_spans(document: Any) -> int:
     raise ValueError("unexpected Datadog body")
 
 
-async def _tempo(request: web.Request) -> web.Response:
-    counts = request.app[COUNTS]
+async def _body(request: web.Request, counts: Counts) -> bytes:
+    """Count the request and return its body, decompressed."""
     raw = await request.read()
     counts.requests += 1
     counts.bytes += len(raw)
+    return _decoded(raw, request.headers.get("Content-Encoding", ""))
+
+
+async def _tempo(request: web.Request) -> web.Response:
+    counts = request.app[COUNTS]
     try:
-        counts.spans += tempo_spans(_decoded(raw, request.headers.get("Content-Encoding", "")))
+        counts.spans += tempo_spans(await _body(request, counts))
     except Exception:  # a bad body is a finding, not a crash: the count shows it
         counts.errors += 1
         return web.Response(status=400, text="undecodable OTLP body")
@@ -80,12 +85,8 @@ async def _tempo(request: web.Request) -> web.Response:
 
 async def _datadog(request: web.Request) -> web.Response:
     counts = request.app[COUNTS]
-    raw = await request.read()
-    counts.requests += 1
-    counts.bytes += len(raw)
     try:
-        body = _decoded(raw, request.headers.get("Content-Encoding", ""))
-        counts.spans += datadog_spans(orjson.loads(body))
+        counts.spans += datadog_spans(orjson.loads(await _body(request, counts)))
     except Exception:
         counts.errors += 1
         return web.Response(status=400, text='{"errors":["undecodable body"]}')

@@ -48,7 +48,7 @@ def create_app(
     app.router.add_route("POST", "/v1/traces", otlp_traces)
     app.router.add_route("PUT", "/v1/traces", otlp_traces)
     for path, route in WEBHOOK_ROUTES:
-        app.router.add_route("POST", path, webhook(route))  # type: ignore[arg-type]
+        app.router.add_route("POST", path, webhook(route))
     app.router.add_get("/v1/test-connection", ops.test_connection)
     app.router.add_get("/v1/status", ops.status)
     app.router.add_get("/livez", ops.livez)

@@ -7,7 +7,7 @@ happen only when the relay truly cannot store (spool full, shutting down).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -96,6 +96,9 @@ def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:
 
 # -- OTLP/HTTP -----------------------------------------------------------------------------------
 
+OTLP_PROTO: Final = Route("otlp", otlp.normalize_proto, "otlp-proto")
+OTLP_JSON: Final = Route("otlp", otlp.normalize_json, "otlp-json")
+
 
 async def otlp_traces(request: web.Request) -> web.Response:
     content_type = request.content_type
@@ -108,13 +111,8 @@ async def otlp_traces(request: web.Request) -> web.Response:
                 f"unsupported Content-Type {content_type!r}: OTLP/HTTP takes"
                 " application/x-protobuf or application/json",
             )
-        route = Route(
-            "otlp",
-            otlp.normalize_proto if is_proto else otlp.normalize_json,
-            "otlp-proto" if is_proto else "otlp-json",
-        )
         try:
-            result = await _accept(request, route)
+            result = await _accept(request, OTLP_PROTO if is_proto else OTLP_JSON)
         except Refused as refused:
             # OpenRouter's Test Connection posts an empty payload; it must pass once auth does.
             if test_connection and refused.status == 400:
@@ -164,7 +162,7 @@ def _otlp_error(refused: Refused, is_proto: bool) -> web.Response:
 # -- webhooks and native events ------------------------------------------------------------------
 
 
-def webhook(route: Route) -> Callable[[web.Request], object]:
+def webhook(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         try:
             result = await _accept(request, route)

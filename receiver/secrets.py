@@ -35,3 +35,24 @@ def scrub(attributes: dict[str, Any]) -> dict[str, Any]:
     for key in [k for k, v in attributes.items() if is_secret_key(k) or is_secret_value(v)]:
         del attributes[key]
     return attributes
+
+
+_TEXT_SECRETS = (
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), r"\1 [REDACTED]"),
+    (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), "[REDACTED]"),
+    (
+        re.compile(
+            r"""\b((?:api[_-]?key|apikey|client[_-]?secret|secret|password|access[_-]?token|token)"""
+            r"""['"]?\s*[:=]\s*['"]?)[^\s'",;&}]{6,}""",
+            re.IGNORECASE,
+        ),
+        r"\1[REDACTED]",
+    ),
+)
+
+
+def redact_text(text: str) -> str:
+    """Free text (error messages) with bearer tokens, API keys and ``key=value`` secrets masked."""
+    for pattern, replacement in _TEXT_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text

@@ -117,10 +117,8 @@ class FileSink:
         self._handle.close()
         self._handle = None
         path = self.config.path
-        stamp = (
-            time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime())
-            + f".{time.time_ns() // 1_000_000 % 1000:03d}"
-        )
+        seconds, millis = divmod(time.time_ns() // 1_000_000, 1000)
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(seconds)) + f".{millis:03d}"
         rotated = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
         os.replace(path, rotated)
         if self.config.compress != "none":

@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas import LLMEvent
 
 
 class InputError(ValueError):
     """The request body cannot be read at all; the message is shown to the sender."""
+
+
+class UnusableItem(ValueError):
+    """One item cannot become an LLMEvent; the message says why, without quoting values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,15 @@ class Normalized:
 
     def reject(self, item: str, reason: str) -> None:
         self.rejected.append(Rejection(item, reason))
+
+    def attempt(self, item: str, build: Callable[..., LLMEvent], *args: Any) -> None:
+        """Keep the event ``build(*args)`` makes, or reject only this item, with the reason."""
+        try:
+            self.events.append(build(*args))
+        except UnusableItem as problem:
+            self.reject(item, str(problem))
+        except Exception as error:  # one odd item must not cost the rest of the batch
+            self.reject(item, f"internal error while normalizing ({type(error).__name__})")
 
 
 Normalizer = Callable[[bytes, IngestContext], Normalized]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +39,11 @@ def derived_trace_ids(event_id: str) -> tuple[str, str]:
 def key_hash(secret: str) -> str:
     """How an API key is represented: a SHA-256-based fingerprint, never the key itself."""
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one for anything else (senders send null and odd types)."""
+    return value if isinstance(value, dict) else {}
 
 
 def as_int(value: Any) -> int | None:
@@ -216,18 +219,6 @@ def finish_usage(usage: dict[str, int]) -> dict[str, int]:
 
 _MAX_FLAT_DEPTH = 6
 _MAX_FLAT_LIST = 32
-_TEXT_SECRETS = (
-    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), r"\1 [REDACTED]"),
-    (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), "[REDACTED]"),
-    (
-        re.compile(
-            r"""\b((?:api[_-]?key|apikey|client[_-]?secret|secret|password|access[_-]?token|token)"""
-            r"""['"]?\s*[:=]\s*['"]?)[^\s'",;&}]{6,}""",
-            re.IGNORECASE,
-        ),
-        r"\1[REDACTED]",
-    ),
-)
 
 
 def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -> None:
@@ -239,7 +230,7 @@ def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -
     of objects are indexed (``budgets.0.budget_id``); beyond ``_MAX_FLAT_DEPTH`` levels or
     ``_MAX_FLAT_LIST`` list items nothing is kept, as an attribute map is no place for documents.
     """
-    if value is None or depth > _MAX_FLAT_DEPTH or _secret_key(prefix):
+    if value is None or depth > _MAX_FLAT_DEPTH or is_secret_key(prefix):
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -253,17 +244,6 @@ def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -
             flatten_into(out, f"{prefix}.{index}", item, depth + 1)
     elif not (isinstance(value, str) and is_secret_value(value)):
         out[prefix] = value
-
-
-# Attribute names repeat from one event to the next: the regex runs once per distinct name.
-_secret_key = functools.lru_cache(maxsize=8192)(is_secret_key)
-
-
-def redact_text(text: str) -> str:
-    """Free text (error messages) with bearer tokens, API keys and ``key=value`` secrets masked."""
-    for pattern, replacement in _TEXT_SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def url_host(url: Any) -> str | None:

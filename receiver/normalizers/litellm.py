@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from receiver.normalizers.base import IngestContext, Normalized
+from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
     as_bool,
+    as_dict,
     as_float,
     as_int,
     base_event,
@@ -27,12 +28,12 @@ from receiver.normalizers.common import (
     finish_usage,
     flatten_into,
     key_hash,
-    redact_text,
     rfc3339_ns,
     stable_id,
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
+from receiver.secrets import redact_text
 from schemas import LLMEvent
 from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
 
@@ -93,32 +94,20 @@ def normalize(body: bytes, ctx: IngestContext) -> Normalized:
         if call_id is None:
             result.reject(label, "payload without litellm_call_id, call_id or id")
             continue
-        try:
-            payload = _from_v1(item) if _is_v1(item) else item
-            result.events.append(_event(payload, call_id, ctx))
-        except _Unusable as problem:
-            result.reject(call_id, str(problem))
-        except Exception as error:  # one odd payload must not cost the rest of the batch
-            result.reject(call_id, f"internal error while normalizing ({type(error).__name__})")
+        result.attempt(call_id, _event, item, call_id, ctx)
     return result
 
 
-class _Unusable(ValueError):
-    """This payload cannot become an LLMEvent; the message says why, without quoting values."""
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
+    if _is_v1(item):
+        item = _from_v1(item)
     times = [_time_ns(item.get("startTime")), _time_ns(item.get("endTime"))]
     known = [t for t in times if t is not None]
     if not known:
-        raise _Unusable("startTime and endTime are both missing or unreadable")
+        raise UnusableItem("startTime and endTime are both missing or unreadable")
     start_ns, end_ns = known[0], known[-1]  # one known time stands for both
 
-    metadata, hidden = _obj(item.get("metadata")), _obj(item.get("hidden_params"))
+    metadata, hidden = as_dict(item.get("metadata")), as_dict(item.get("hidden_params"))
     event_id = stable_id(FORMAT, call_id)
     event = base_event(event_id=event_id, received_at=ctx.received_at, fmt=FORMAT, gateway=FORMAT)
     event["trace_id"], event["span_id"], parent = _trace_ids(item, metadata, event_id)
@@ -128,7 +117,7 @@ def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
     if end_ns >= start_ns:
         event["duration_ms"] = (end_ns - start_ns) / 1_000_000
 
-    parameters = _obj(item.get("model_parameters"))
+    parameters = as_dict(item.get("model_parameters"))
     stream = as_bool(item.get("stream"))
     stream = as_bool(parameters.get("stream")) if stream is None else stream
     if stream is not None:
@@ -155,19 +144,19 @@ def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
     model = item.get("model") or item.get("model_group") or hidden.get("litellm_model_name")
     if isinstance(model, str) and model:
         event["request_model"] = model
-    response_model = _obj(response).get("model")
+    response_model = as_dict(response).get("model")
     if isinstance(response_model, str) and response_model:
         event["response_model"] = response_model
 
     event["usage"] = cast(Usage, _usage(item, response, hidden, metadata))
     event["cost"] = cast(Cost, _cost(item, hidden))
     attributes: dict[str, Any] = {}
-    status_fields = _obj(item.get("status_fields"))
+    status_fields = as_dict(item.get("status_fields"))
     failed = "failure" in (item.get("status"), status_fields.get("llm_api_status"))
     event["status"] = "error" if failed else "ok"
     if failed:
         event["error"] = cast(Error, _error(item, attributes))
-    rate_limit = _rate_limit(_obj(hidden.get("additional_headers")), attributes)
+    rate_limit = _rate_limit(as_dict(hidden.get("additional_headers")), attributes)
     if rate_limit:
         event["rate_limit"] = cast(RateLimit, rate_limit)
     _who(event, item, metadata)
@@ -210,8 +199,8 @@ def _trace_ids(
 ) -> tuple[str, str, str | None]:
     """The caller's W3C trace when it passed one, else LiteLLM's per-request trace id (a UUID)."""
     trace_id, span_id = derived_trace_ids(event_id)
-    requester = _obj(metadata.get("requester_metadata"))
-    headers = _obj(metadata.get("requester_custom_headers"))
+    requester = as_dict(metadata.get("requester_metadata"))
+    headers = as_dict(metadata.get("requester_custom_headers"))
     for source in (requester, metadata, headers):
         match = _TRACEPARENT.match(str(source.get("traceparent", "")).strip().lower())
         if match and match[1].strip("0") and match[2].strip("0"):
@@ -228,15 +217,15 @@ def _trace_ids(
 def _usage(
     item: dict[str, Any], response: Any, hidden: dict[str, Any], metadata: dict[str, Any]
 ) -> dict[str, int]:
-    objects = [_obj(_obj(response).get("usage")), _obj(hidden.get("usage_object"))]
-    objects += [_obj(metadata.get("usage_object"))]
+    objects = [as_dict(as_dict(response).get("usage")), as_dict(hidden.get("usage_object"))]
+    objects += [as_dict(metadata.get("usage_object"))]
 
     def first(*paths: tuple[str, ...]) -> int | None:
         for source in objects:
             for path in paths:
                 value: Any = source
                 for key in path:
-                    value = _obj(value).get(key)
+                    value = as_dict(value).get(key)
                 if (number := as_int(value)) is not None and number >= 0:
                     return number
         return None
@@ -262,7 +251,7 @@ def _usage(
 
 
 def _cost(item: dict[str, Any], hidden: dict[str, Any]) -> dict[str, Any]:
-    breakdown = _obj(item.get("cost_breakdown"))
+    breakdown = as_dict(item.get("cost_breakdown"))
     total = as_float(item.get("response_cost"))
     total = as_float(hidden.get("response_cost")) if total is None else total
     total = as_float(breakdown.get("total_cost")) if total is None else total
@@ -277,7 +266,7 @@ def _cost(item: dict[str, Any], hidden: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(item: dict[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
-    info = _obj(item.get("error_information"))
+    info = as_dict(item.get("error_information"))
     error_str = item.get("error_str") if isinstance(item.get("error_str"), str) else ""
     # "litellm.RateLimitError: AnthropicException - ..." names the class when error_class is empty
     prefix = re.match(r"(?:litellm\.)?(\w+(?:Error|Exception))\b", error_str or "")
@@ -329,7 +318,7 @@ def _who(event: LLMEvent, item: dict[str, Any], metadata: dict[str, Any]) -> Non
         if isinstance(user, str) and user:
             event["user_id"] = user
             break
-    requester = _obj(metadata.get("requester_metadata"))
+    requester = as_dict(metadata.get("requester_metadata"))
     session = requester.get("session_id") or metadata.get("session_id")
     if isinstance(session, str) and session:
         event["session_id"] = session
@@ -344,7 +333,7 @@ def _content(event: LLMEvent, messages: Any, response: Any) -> None:
         event["input_messages"] = chat_messages(messages)
 
     output, reasons = completion_messages(response)
-    response = _obj(response)
+    response = as_dict(response)
     if not output and isinstance(response.get("output"), list):  # Responses API
         said = [o for o in response["output"] if isinstance(o, dict) and o.get("type") == "message"]
         output = chat_messages({"role": "assistant", **o} for o in said)
@@ -366,7 +355,7 @@ def _attributes(
     parameters: dict[str, Any],
     failed: bool,
 ) -> None:
-    response_id = _obj(item.get("response")).get("id") or item.get("id")
+    response_id = as_dict(item.get("response")).get("id") or item.get("id")
     flatten_into(attributes, "gen_ai.response.id", response_id)
     flatten_into(attributes, "litellm.call_id", call_id)
     for name in ("trace_id", "call_type", "model_group", "model_id", "cache_key", "request_tags"):
@@ -382,7 +371,7 @@ def _attributes(
     flatten_into(attributes, "client.address", item.get("requester_ip_address"))
     flatten_into(attributes, "user_agent.original", item.get("user_agent"))
 
-    guardrail_status = _obj(item.get("status_fields")).get("guardrail_status")
+    guardrail_status = as_dict(item.get("status_fields")).get("guardrail_status")
     flatten_into(attributes, "litellm.guardrail_status", guardrail_status)
     if failed and guardrail_status == "guardrail_intervened":
         attributes["gateway.guardrail_denied"] = True
@@ -400,10 +389,10 @@ def _attributes(
             flatten_into(attributes, f"gen_ai.request.{name}", value)
         elif name not in _PARAMETERS_SKIP:
             flatten_into(attributes, f"litellm.model_parameters.{name}", value)
-    for name, value in _obj(item.get("cost_breakdown")).items():
+    for name, value in as_dict(item.get("cost_breakdown")).items():
         if name not in ("total_cost", "input_cost", "output_cost"):
             flatten_into(attributes, f"litellm.cost.{name}", value)
-    model_map = _obj(item.get("model_map_information")).get("model_map_key")
+    model_map = as_dict(item.get("model_map_information")).get("model_map_key")
     flatten_into(attributes, "litellm.model_map_key", model_map)
     flatten_into(attributes, "litellm.built_in_tools", item.get("standard_built_in_tools_params"))
 

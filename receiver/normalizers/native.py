@@ -14,9 +14,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from receiver.normalizers.base import IngestContext, Normalized
-from receiver.normalizers.common import redact_text
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import is_secret_key, is_secret_value, scrub
+from receiver.secrets import is_secret_key, is_secret_value, redact_text, scrub
 from schemas import SCHEMA_ID, LLMEvent, json_schema
 
 FORMAT = "native"

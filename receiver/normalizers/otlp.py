@@ -197,18 +197,16 @@ class _Taker:
             del left[key]
             return value
         chosen: Any = None
-        found: list[tuple[str, Any]] = []
-        for key in present:
-            if key in self.left:
-                raw = self.left.pop(key)
-                value = convert(raw)
-                if chosen is None and value is not None and value != "":
-                    chosen = value
-                found.append((key, raw))
+        found = [(key, left.pop(key)) for key in present]
+        for _, raw in found:
+            value = convert(raw)
+            if value is not None and value != "":
+                chosen = value
+                break
         for key, raw in found:
             # An alias that says something else than the chosen value stays visible.
             if raw is not None and str(raw) != str(chosen) and convert(raw) != chosen:
-                self.left[key] = raw
+                left[key] = raw
         return chosen
 
 

@@ -18,8 +18,9 @@ from typing import Any, cast
 
 import orjson
 
-from receiver.normalizers.base import IngestContext, Normalized
+from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
+    as_dict,
     as_float,
     as_int,
     base_event,
@@ -28,12 +29,12 @@ from receiver.normalizers.common import (
     finish_usage,
     flatten_into,
     key_hash,
-    redact_text,
     rfc3339_ns,
     stable_id,
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
+from receiver.secrets import redact_text
 from schemas import LLMEvent
 from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
 
@@ -81,17 +82,8 @@ def normalize(body: bytes, ctx: IngestContext) -> Normalized:
         if not isinstance(at_id, str) or not at_id.strip():
             result.reject(label, "LLMUsageAudit without @id: no stable event_id can be derived")
             continue
-        try:
-            result.events.append(_event(item, at_id.strip(), ctx))
-        except _Unusable as problem:
-            result.reject(at_id, str(problem))
-        except Exception as error:  # one odd event must not cost the rest of the batch
-            result.reject(at_id, f"internal error while normalizing ({type(error).__name__})")
+        result.attempt(at_id.strip(), _event, item, at_id.strip(), ctx)
     return result
-
-
-class _Unusable(ValueError):
-    """This event cannot become an LLMEvent; the message says why, without quoting values."""
 
 
 def _kind(item: dict[str, Any]) -> str:
@@ -104,14 +96,10 @@ def _kind(item: dict[str, Any]) -> str:
     return LLM_AUDIT if "consumed_using" in item and "provider_kind" in item else "unknown"
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     end_ns = _ms_to_ns(item.get("@timestamp"))
     if end_ns is None or not 0 < end_ns < _MAX_EPOCH_MS * 1_000_000:
-        raise _Unusable("@timestamp is missing or not epoch milliseconds")
+        raise UnusableItem("@timestamp is missing or not epoch milliseconds")
     event_id = stable_id(FORMAT, at_id)
     event = base_event(event_id=event_id, received_at=ctx.received_at, fmt=FORMAT, gateway=FORMAT)
     event["trace_id"], event["span_id"] = derived_trace_ids(event_id)
@@ -135,19 +123,19 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     if mode in ("streaming", "blocking") or stream_chunks:
         event["stream"] = mode == "streaming" or bool(stream_chunks)
 
-    details = _obj(item.get("provider_details"))
+    details = as_dict(item.get("provider_details"))
     kind = item.get("provider_kind") or details.get("provider")
     if isinstance(kind, str) and kind:
         kind = kind.lower()
         event["provider"] = event["upstream"] = _SEMCONV_PROVIDER.get(kind, kind)
 
-    output = _obj(item.get("output"))
-    metadata = _obj(output.get("metadata"))
-    input_body = _obj(item.get("input_body"))
+    output = as_dict(item.get("output"))
+    metadata = as_dict(output.get("metadata"))
+    input_body = as_dict(item.get("input_body"))
     last_chunk_model = next((c["model"] for c in reversed(stream_chunks) if c.get("model")), None)
     response_model = item.get("model") or output.get("model") or last_chunk_model
     request_model = (
-        response_model or input_body.get("model") or _obj(details.get("options")).get("model")
+        response_model or input_body.get("model") or as_dict(details.get("options")).get("model")
     )
     if isinstance(request_model, str) and request_model:
         event["request_model"] = request_model
@@ -158,7 +146,7 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     # response metadata, an embedding's OpenAI-style usage, the last streamed chunk with usage.
     sources = [item.get("usage"), metadata.get("usage"), output.get("usage")]
     sources += [chunk.get("usage") for chunk in reversed(stream_chunks)]
-    event["usage"] = cast(Usage, _usage(next((_obj(s) for s in sources if _obj(s)), {})))
+    event["usage"] = cast(Usage, _usage(next((as_dict(s) for s in sources if as_dict(s)), {})))
     event["cost"] = cast(Cost, _cost(item.get("costs") or metadata.get("costs")))
 
     error = item.get("error")
@@ -215,7 +203,7 @@ def _usage(raw: dict[str, Any]) -> dict[str, int]:
 
 
 def _cost(costs: Any) -> dict[str, Any]:
-    costs = _obj(costs)
+    costs = as_dict(costs)
     currency = str(costs.get("currency") or "dollar").strip().lower()
     if not costs or currency not in ("dollar", "dollars", "usd", "$"):
         return {"currency": "USD", "source": "unknown"}
@@ -261,14 +249,14 @@ def _error(error: Any, attributes: dict[str, Any]) -> dict[str, Any]:
 def _rate_limit(raw: Any) -> dict[str, int]:
     limits: dict[str, int] = {}
     for name in ("requests_limit", "requests_remaining", "tokens_limit", "tokens_remaining"):
-        value = as_int(_obj(raw).get(name))
+        value = as_int(as_dict(raw).get(name))
         if value is not None and value >= 0:  # -1: the upstream sent no x-ratelimit-* header
             limits[name] = value
     return limits
 
 
 def _who(event: LLMEvent, item: dict[str, Any], attributes: dict[str, Any]) -> None:
-    apikey = _obj(item.get("apikey"))
+    apikey = as_dict(item.get("apikey"))
     # The clientId is never copied: with allowClientIdOnly it authenticates on its own.
     api_key: dict[str, str] = {}
     if isinstance(apikey.get("clientName"), str) and apikey["clientName"]:
@@ -280,7 +268,7 @@ def _who(event: LLMEvent, item: dict[str, Any], attributes: dict[str, Any]) -> N
     flatten_into(attributes, "otoroshi.apikey.tags", apikey.get("tags"))
     flatten_into(attributes, "otoroshi.apikey.metadata", apikey.get("metadata"))
 
-    user = _obj(item.get("user"))  # a PrivateAppsUser: its token and profile stay behind
+    user = as_dict(item.get("user"))  # a PrivateAppsUser: its token and profile stay behind
     user_id = user.get("email") or user.get("name")
     if isinstance(user_id, str) and user_id:
         event["user_id"] = user_id
@@ -311,7 +299,7 @@ def _content(
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            text = _obj(choice.get("delta")).get("content")
+            text = as_dict(choice.get("delta")).get("content")
             if isinstance(text, str):
                 streamed.setdefault(as_int(choice.get("index")) or 0, []).append(text)
             if choice.get("finish_reason"):
@@ -344,19 +332,21 @@ def _attributes(
     flatten_into(attributes, "otoroshi.provider_kind", item.get("provider_kind"))
     flatten_into(attributes, "otoroshi.provider.id", item.get("provider") or details.get("id"))
     flatten_into(attributes, "otoroshi.provider.name", details.get("name"))
-    base_url = _obj(details.get("connection")).get("base_url")
+    base_url = as_dict(details.get("connection")).get("base_url")
     flatten_into(attributes, "server.address", url_host(base_url))
-    route = _obj(item.get("route"))
+    route = as_dict(item.get("route"))
     flatten_into(attributes, "otoroshi.route.id", route.get("id"))
     flatten_into(attributes, "otoroshi.route.name", route.get("name"))
-    flatten_into(attributes, "otoroshi.route.domains", _obj(route.get("frontend")).get("domains"))
-    flatten_into(attributes, "otoroshi.tenant", _obj(route.get("_loc")).get("tenant"))
+    flatten_into(
+        attributes, "otoroshi.route.domains", as_dict(route.get("frontend")).get("domains")
+    )
+    flatten_into(attributes, "otoroshi.tenant", as_dict(route.get("_loc")).get("tenant"))
 
-    cache = _obj(item.get("cache") or metadata.get("cache"))
+    cache = as_dict(item.get("cache") or metadata.get("cache"))
     if cache:  # the gateway's response cache (simple/semantic), not provider prompt caching
         flatten_into(attributes, "otoroshi.cache", cache)
         attributes["gateway.cache_hit"] = str(cache.get("status", "")).lower() == "hit"
-    costs = _obj(item.get("costs") or metadata.get("costs"))
+    costs = as_dict(item.get("costs") or metadata.get("costs"))
     flatten_into(attributes, "otoroshi.costs.reasoning_cost", costs.get("reasoning_cost"))
     if str(costs.get("currency", "dollar")).lower() not in ("dollar", "dollars", "usd", "$"):
         flatten_into(attributes, "otoroshi.costs", costs)  # kept as reported, not as USD
@@ -368,12 +358,12 @@ def _attributes(
 
 
 def _secret_values(item: dict[str, Any]) -> set[str]:
-    apikey = _obj(item.get("apikey"))
+    apikey = as_dict(item.get("apikey"))
     candidates = (
         apikey.get("clientSecret"),
-        _obj(apikey.get("rotation")).get("nextSecret"),
-        _obj(item.get("user")).get("token"),
-        _obj(_obj(item.get("provider_details")).get("connection")).get("token"),
+        as_dict(apikey.get("rotation")).get("nextSecret"),
+        as_dict(item.get("user")).get("token"),
+        as_dict(as_dict(item.get("provider_details")).get("connection")).get("token"),
     )
     # Very short values would blank out ordinary words; they are not keys anyone issues.
     return {value for value in candidates if isinstance(value, str) and len(value) >= 8}

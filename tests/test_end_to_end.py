@@ -21,7 +21,7 @@ from tests.helpers.ports import free_port
 from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import Answer, ScriptedServer
 from tests.helpers.test_agent import TestAgent
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import at_least, eventually
 
 JSON = {"Content-Type": "application/json"}
 
@@ -93,11 +93,7 @@ async def test_gateways_to_tempo_and_datadog(
     expected = 1 + 3 + 2
 
     tempo = await eventually(
-        lambda: (
-            otlp_spans(test_agent.otlp_traces(token))
-            if len(otlp_spans(test_agent.otlp_traces(token))) >= expected
-            else None
-        ),
+        at_least(expected, lambda: otlp_spans(test_agent.otlp_traces(token))),
         message="every event as a Tempo span",
     )
     by_gateway: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}

@@ -160,11 +160,8 @@ def test_metric_name_extraction_ignores_functions_keywords_labels_and_numbers() 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = RelayProcess(tmp_path_factory.mktemp("deploy-relay")).start()
-    try:
+    with RelayProcess(tmp_path_factory.mktemp("deploy-relay")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,12 @@ class RelayProcess:
             time.sleep(0.05)
         raise RuntimeError(f"relay not ready within {timeout}s:\n{self.log()}")
 
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from typing import TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Sized)
 
 
 async def eventually(
@@ -54,3 +55,13 @@ def wait_until(
                 f"timed out after {timeout}s waiting for {message or 'condition'} (last: {last!r})"
             )
         time.sleep(interval)
+
+
+def at_least(count: int, get: Callable[[], S]) -> Callable[[], S | None]:
+    """A check for ``eventually``: what ``get`` returns, once it has ``count`` items."""
+
+    def check() -> S | None:
+        found = get()
+        return found if len(found) >= count else None
+
+    return check

@@ -11,8 +11,5 @@ from tests.helpers.relay import RelayProcess
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = RelayProcess(tmp_path_factory.mktemp("relay")).start()
-    try:
+    with RelayProcess(tmp_path_factory.mktemp("relay")) as process:
         yield process
-    finally:
-        process.stop()

@@ -23,11 +23,8 @@ MAX_BODY = 1024 * 1024
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     env = {"RELAY_INGEST_TOKENS": f"acme={TOKEN}", "RELAY_MAX_BODY_BYTES": str(MAX_BODY)}
-    process = RelayProcess(tmp_path_factory.mktemp("relay"), env).start()
-    try:
+    with RelayProcess(tmp_path_factory.mktemp("relay"), env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def deep(depth: int) -> bytes:

@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from schemas import json_schema
 from tests.conftest import fixture_json
 from tests.helpers.relay import RelayProcess
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import at_least, wait_until
 
 VALIDATOR = jsonschema.Draft202012Validator(json_schema())
 JSON = {"Content-Type": "application/json"}
@@ -34,11 +34,7 @@ JSON = {"Content-Type": "application/json"}
 
 def events_for(relay: RelayProcess, trace_id: str, count: int = 1) -> list[dict[str, Any]]:
     found = wait_until(
-        lambda: (
-            [e for e in relay.events() if e["trace_id"] == trace_id]
-            if len([e for e in relay.events() if e["trace_id"] == trace_id]) >= count
-            else None
-        ),
+        at_least(count, lambda: [e for e in relay.events() if e["trace_id"] == trace_id]),
         message=f"{count} event(s) of trace {trace_id} in the file sink",
     )
     for event in found:

@@ -16,7 +16,7 @@ import pytest
 from schemas import json_schema
 from tests.conftest import fixture_json
 from tests.helpers.relay import RelayProcess
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import at_least, wait_until
 
 TOKEN = "webhook-ingest-token-9f8e7d"
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
@@ -31,11 +31,8 @@ ROUTES = {
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     env = {"RELAY_INGEST_TOKENS": f"team-a={TOKEN}"}
-    process = RelayProcess(tmp_path_factory.mktemp("relay"), env).start()
-    try:
+    with RelayProcess(tmp_path_factory.mktemp("relay"), env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def requests_of(fixture: str) -> list[dict[str, Any]]:
@@ -51,7 +48,7 @@ def post(relay: RelayProcess, path: str, body: bytes) -> dict[str, Any]:
 
 def stored(relay: RelayProcess, count: int) -> list[dict[str, Any]]:
     return wait_until(
-        lambda: relay.events() if len(relay.events()) >= count else None,
+        at_least(count, relay.events),
         message=f"{count} events in the file sink",
     )
 
@@ -89,7 +86,8 @@ def test_otoroshi_batch_fields_and_resends(relay: RelayProcess) -> None:
     def mine() -> list[dict[str, Any]]:
         return [e for e in relay.events() if e.get("attributes", {}).get("otoroshi.id") in ids]
 
-    events = wait_until(lambda: mine() if len(mine()) == 4 else None, message="4 events")
+    events = wait_until(at_least(4, mine), message="4 events")
+    assert len(events) == 4
     by_status = {e["status"]: e for e in events}
     assert by_status["error"]["source"]["gateway"] == "otoroshi"
     # A re-send is the same event: same event_id, so downstream de-duplication works.

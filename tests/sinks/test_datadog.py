@@ -742,14 +742,6 @@ def test_spec_tells_the_dispatcher_the_intake_limits() -> None:
     assert isinstance(SPEC.read_config(env, None), DatadogSinkConfig)  # type: ignore[arg-type]
 
 
-async def test_close_is_safe_twice_and_without_start() -> None:
-    sink = DatadogSink(make_config())
-    await sink.close()
-    await sink.start()
-    await sink.close()
-    await sink.close()
-
-
 # --- the scripted intake is itself strict -----------------------------------------------------
 
 

@@ -22,9 +22,9 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         response = await handler(request)
     except web.HTTPException as error:
-        request.app[RELAY].metrics.http_requests.labels(route, str(error.status)).inc()
+        request.app[RELAY].metrics.count_http(route, error.status)
         raise
-    request.app[RELAY].metrics.http_requests.labels(route, str(response.status)).inc()
+    request.app[RELAY].metrics.count_http(route, response.status)
     return response
 
 

@@ -12,6 +12,7 @@ import collections
 import os
 import shutil
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
@@ -24,6 +25,26 @@ _LLM_LABELS = ("gateway", "provider", "upstream", "model")
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+class _Children(Generic[_Metric]):
+    """``metric.labels(*key)``, remembered: ``labels()`` validates its arguments and takes a lock
+    on every call, several times the cost of the increment itself. prometheus_client keeps every
+    child for the process's life anyway, so remembering them here costs no extra memory."""
+
+    __slots__ = ("_known", "_metric")
+
+    def __init__(self, metric: _Metric) -> None:
+        self._metric: _Metric = metric
+        self._known: dict[tuple[str, ...], _Metric] = {}
+
+    def __getitem__(self, key: tuple[str, ...]) -> _Metric:
+        child = self._known.get(key)
+        if child is None:
+            child = self._known[key] = self._metric.labels(*key)
+        return child
 
 
 def share_between_workers(directory: Path) -> None:
@@ -183,6 +204,17 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
+        self._http = _Children(self.http_requests)
+        self._received = _Children(self.events_received)
+        self._requests = _Children(self.llm_requests)
+        self._errors = _Children(self.llm_errors)
+        self._tokens = _Children(self.llm_tokens)
+        self._cost = _Children(self.llm_cost)
+        self._duration = _Children(self.llm_duration)
+        self._ttft = _Children(self.llm_ttft)
+
+    def count_http(self, route: str, status: int) -> None:
+        self._http[route, str(status)].inc()
 
     def observe_events(self, events: list[LLMEvent]) -> None:
         """Count accepted events, by pipeline and LLM dimensions.
@@ -226,19 +258,18 @@ class Metrics:
             ttft = event.get("ttft_ms")
             if ttft is not None:
                 ttfts.setdefault(labels, []).append(ttft / 1000)
-        for (fmt, gateway), count in received.items():
-            self.events_received.labels(fmt, gateway).inc(count)
-        for counter, sums in (
-            (self.llm_requests, requests),
-            (self.llm_errors, errors),
-            (self.llm_tokens, tokens),
-            (self.llm_cost, cost),
+        for children, sums in (
+            (self._received, received),
+            (self._requests, requests),
+            (self._errors, errors),
+            (self._tokens, tokens),
+            (self._cost, cost),
         ):
             for key, amount in sums.items():
-                counter.labels(*key).inc(amount)
-        for histogram, samples in ((self.llm_duration, durations), (self.llm_ttft, ttfts)):
+                children[key].inc(amount)
+        for histograms, samples in ((self._duration, durations), (self._ttft, ttfts)):
             for key, seconds in samples.items():
-                child = histogram.labels(*key)
+                child = histograms[key]
                 for value in seconds:
                     child.observe(value)
 

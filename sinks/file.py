@@ -84,7 +84,7 @@ class FileSink:
     async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
         await self.start()
         assert self._executor is not None
-        data = b"".join(orjson.dumps(event) + b"\n" for event in events)
+        data = b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._write, data)

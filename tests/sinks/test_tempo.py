@@ -30,7 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from receiver.settings import EnvReader
 from schemas import LLMEvent
-from sinks import tempo
+from sinks import otlp_wire, tempo
 from sinks.base import (
     PayloadTooLargeError,
     PermanentError,
@@ -638,6 +638,55 @@ def test_mapped_fields_win_over_source_attributes_and_values_keep_their_types() 
     assert "empty" not in values
     assert span.name == "chat gpt-4o"
     assert span.start_time_unix_nano == 1772400000000000000
+
+
+def test_bodies_are_canonical_protobuf() -> None:
+    """The body is written by hand (sinks.otlp_wire): protobuf itself must read it and write back
+    the very same bytes, so no field is mis-tagged, mis-typed or out of order."""
+    odd = llm_event(
+        parent_span_id="00f067aa0ba902b7",
+        attributes={
+            "negative": -5,
+            "zero": 0,
+            "pi": 3.25,
+            "empty_text": "",
+            "empty_list": [],
+            "long_text": "x" * 20_000,  # a length that needs a three-byte varint
+            "unicode": "héllo ✓",
+            "nested": [[1]],
+        },
+    )
+    for events in (
+        [openrouter_event(), error_event(), content_event(), odd],
+        [llm_event(source={"format": "otlp-json", "gateway": "openrouter", "tenant": "t1"})],
+    ):
+        body = gzip.decompress(tempo.encode_request(events))
+        assert decoded(body).SerializeToString() == body
+    [span] = local_spans([odd])
+    values = {kv.key: kv.value for kv in span.attributes}
+    assert values["negative"].int_value == -5
+    assert values["zero"].WhichOneof("value") == "int_value"
+    assert values["pi"].double_value == 3.25
+    assert values["empty_text"].WhichOneof("value") == "string_value"
+    assert values["empty_list"].WhichOneof("value") == "array_value"
+    assert values["long_text"].string_value == "x" * 20_000
+    assert values["unicode"].string_value == "héllo ✓"
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7"
+
+
+def test_equal_values_of_other_types_keep_their_own_type() -> None:
+    """Encoded attributes are remembered across spans: 1, 1.0 and True are equal in Python, and
+    must still reach Tempo as an int, a double and a bool."""
+    spans = local_spans([llm_event(attributes={"n": value}) for value in (1, 1.0, True, 1, "1")])
+    kinds = [{kv.key: kv.value for kv in s.attributes}["n"].WhichOneof("value") for s in spans]
+    assert kinds == ["int_value", "double_value", "bool_value", "int_value", "string_value"]
+
+
+def test_remembered_attributes_stay_bounded() -> None:
+    encoder = otlp_wire.AttributeEncoder(b"\x4a", limit=100)
+    for number in range(1000):
+        encoder.encode({"user.id": f"user-{number}", "gen_ai.provider.name": "openai"})
+        assert len(encoder) <= 100
 
 
 def test_a_span_without_a_model_is_named_by_its_operation() -> None:

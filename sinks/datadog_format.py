@@ -15,12 +15,14 @@ a marker, so the event is delivered rather than lost.
 from __future__ import annotations
 
 import calendar
+import functools
+import io
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
@@ -41,7 +43,26 @@ ERROR_MAX_CHARS: Final = 8192
 ML_APP_MAX: Final = 193
 ENVELOPE_ALLOWANCE: Final = 4096  # room for the body's wrapper around the spans
 _TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z$")
+_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")  # _TIME's first group
 _TEXT_PARTS: Final = frozenset({"text", "reasoning", "tool_call_response"})
+_REQUEST_PREFIX: Final = "gen_ai.request."
+_MODEL_KEY: Final = "gen_ai.request.model"  # a span field of its own, not a parameter
+_USAGE_METRICS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_write_input_tokens",
+    "reasoning_output_tokens",
+)
+# The agent envelope around one span, as orjson writes ``{..., "spans": [span]}``: the span is
+# encoded once and wrapped, instead of encoding a fresh envelope dict per span.
+_ENVELOPE_HEAD: Final = (
+    b'{"_dd.stage":"raw","_dd.tracer_version":'
+    + orjson.dumps(TRACER_VERSION)
+    + b',"event_type":"span","spans":['
+)
+_ENVELOPE_TAIL: Final = b"]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,31 +87,37 @@ def encode_batch(events: Sequence[LLMEvent], fmt: SpanFormat) -> EncodedBatch:
     """The request body for one batch; the caller compares its size with the payload limit."""
     limit = max(1024, min(fmt.max_span_bytes, fmt.max_payload_bytes - ENVELOPE_ALLOWANCE))
     truncated = 0
-    items: list[bytes] = []
-    encode = orjson.dumps if fmt.mode == "agentless" else _encode_envelope
-    for event in events:
-        data, cut = fit(llm_span(event, fmt), encode, limit)
-        items.append(data)
+    agent = fmt.mode == "agent"
+    encode = _encode_envelope if agent else orjson.dumps
+    tag_memo: TagMemo = {}
+    # Each span goes into one growing buffer as soon as it is encoded. Keeping hundreds of encoder
+    # outputs alive to join them at the end cost more than encoding them (each took fresh memory,
+    # then the join copied them all); getvalue() hands the buffer over without a copy.
+    body = io.BytesIO()
+    body.write(b"[" if agent else _agentless_head(fmt))
+    for index, event in enumerate(events):
+        data, cut = fit(llm_span(event, fmt, tag_memo), encode, limit)
+        if index:
+            body.write(b",")
+        body.write(data)
         truncated += cut
-    if fmt.mode == "agent":
-        return EncodedBatch(b"[" + b",".join(items) + b"]", truncated)
+    body.write(b"]" if agent else b"]}}}")
+    return EncodedBatch(body.getvalue(), truncated)
+
+
+def _agentless_head(fmt: SpanFormat) -> bytes:
+    """``{"data": {"type": "span", "attributes": {ml_app, tags, "spans": [`` up to the spans."""
     head = orjson.dumps({"ml_app": fmt.ml_app, "tags": list(fmt.global_tags)})[:-1]
-    body = b'{"data":{"type":"span","attributes":' + head + b',"spans":['
-    return EncodedBatch(body + b",".join(items) + b"]}}}", truncated)
+    return b'{"data":{"type":"span","attributes":' + head + b',"spans":['
 
 
 def _encode_envelope(span: dict[str, Any]) -> bytes:
-    envelope = {
-        "_dd.stage": "raw",
-        "_dd.tracer_version": TRACER_VERSION,
-        "event_type": "span",
-        "spans": [span],
-    }
-    return orjson.dumps(envelope)
+    """The agent's envelope around one span, as ddtrace sends it."""
+    return b"".join((_ENVELOPE_HEAD, orjson.dumps(span), _ENVELOPE_TAIL))
 
 
-def llm_span(event: LLMEvent, fmt: SpanFormat) -> dict[str, Any]:
-    """One event as one span of kind ``llm`` in the sink's format."""
+def llm_span(event: LLMEvent, fmt: SpanFormat, tag_memo: TagMemo | None = None) -> dict[str, Any]:
+    """One event as one span of kind ``llm`` in the sink's format (``tag_memo``: see span_tags)."""
     start_ns = unix_ns(event.get("start_time"))
     end_ns = unix_ns(event.get("end_time"))
     if start_ns and end_ns >= start_ns:
@@ -122,7 +149,7 @@ def llm_span(event: LLMEvent, fmt: SpanFormat) -> dict[str, Any]:
         ("input", event.get("input_messages")),
         ("output", event.get("output_messages")),
     ):
-        converted = dd_messages(messages or ())
+        converted = dd_messages(messages) if messages else []
         if converted:
             meta[key] = {"messages": converted}
     meta["metadata"] = metadata
@@ -139,7 +166,7 @@ def llm_span(event: LLMEvent, fmt: SpanFormat) -> dict[str, Any]:
         "status": "error" if failed else "ok",
         "meta": meta,
         "metrics": span_metrics(event),
-        "tags": span_tags(event, fmt),
+        "tags": span_tags(event, fmt, tag_memo),
     }
     if event.get("session_id"):
         span["session_id"] = event["session_id"]
@@ -158,34 +185,43 @@ def llm_span(event: LLMEvent, fmt: SpanFormat) -> dict[str, Any]:
 def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
     """``meta.metadata``: flat strings, numbers and booleans (all the intake takes)."""
     metadata: dict[str, str | float | bool] = {}
-    for key, value in (event.get("attributes") or {}).items():
-        if key.startswith("gen_ai.request.") and key != "gen_ai.request.model":
-            scalar = _scalar(value, numeric_strings=True)  # OpenRouter sends "0.2"
-            if scalar is not None:
-                metadata[key.removeprefix("gen_ai.request.")] = scalar
+    attributes = event.get("attributes")
+    if attributes:
+        for key, value in attributes.items():
+            # ``in`` first: an operator, it rejects the many other attributes faster than a call
+            if _REQUEST_PREFIX in key and key.startswith(_REQUEST_PREFIX) and key != _MODEL_KEY:
+                scalar = _scalar(value, numeric_strings=True)  # OpenRouter sends "0.2"
+                if scalar is not None:
+                    metadata[key[len(_REQUEST_PREFIX) :]] = scalar
     source: Mapping[str, Any] = event.get("source") or {}
     cost = event.get("cost") or {}
     error = event.get("error") or {}
-    facts: dict[str, Any] = {
-        "operation": event.get("operation"),
-        "request_model": event.get("request_model"),
-        "response_model": event.get("response_model"),
-        "gateway": source.get("gateway"),
-        "upstream": event.get("upstream"),
-        "stream": event.get("stream"),
-        "finish_reasons": ",".join(event.get("finish_reasons") or ()) or None,
-        "cost_usd": cost.get("total"),
-        "cost_input_usd": cost.get("input"),
-        "cost_output_usd": cost.get("output"),
-        "cost_source": cost.get("source"),
-        "http_status": error.get("http_status"),
-        "user_id": event.get("user_id"),
-        "api_key_name": (event.get("api_key") or {}).get("name"),
-        "event_id": event.get("event_id"),
-        "otel_span_id": event.get("span_id"),
-        "otel_parent_span_id": event.get("parent_span_id"),
-    }
-    for key, value in facts.items():
+    facts = (
+        ("operation", event.get("operation")),
+        ("request_model", event.get("request_model")),
+        ("response_model", event.get("response_model")),
+        ("gateway", source.get("gateway")),
+        ("upstream", event.get("upstream")),
+        ("stream", event.get("stream")),
+        ("finish_reasons", ",".join(event.get("finish_reasons") or ()) or None),
+        ("cost_usd", cost.get("total")),
+        ("cost_input_usd", cost.get("input")),
+        ("cost_output_usd", cost.get("output")),
+        ("cost_source", cost.get("source")),
+        ("http_status", error.get("http_status")),
+        ("user_id", event.get("user_id")),
+        ("api_key_name", (event.get("api_key") or {}).get("name")),
+        ("event_id", event.get("event_id")),
+        ("otel_span_id", event.get("span_id")),
+        ("otel_parent_span_id", event.get("parent_span_id")),
+    )
+    for key, value in facts:
+        if value is None:  # most events lack some of these
+            continue
+        if type(value) is str:  # most facts are strings: _scalar's first case, inlined
+            if value:
+                metadata[key] = value[:VALUE_MAX_CHARS]
+            continue
         scalar = _scalar(value)
         if scalar is not None:
             metadata[key] = scalar
@@ -195,16 +231,9 @@ def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
 def span_metrics(event: LLMEvent) -> dict[str, float]:
     usage = event.get("usage") or {}
     metrics: dict[str, float] = {}
-    for key in (
-        "input_tokens",
-        "output_tokens",
-        "total_tokens",
-        "cache_read_input_tokens",
-        "cache_write_input_tokens",
-        "reasoning_output_tokens",
-    ):
+    for key in _USAGE_METRICS:
         value = usage.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if value is not None and _is_number(value):
             metrics[key] = value
     if "total_tokens" not in metrics and "input_tokens" in metrics and "output_tokens" in metrics:
         metrics["total_tokens"] = metrics["input_tokens"] + metrics["output_tokens"]
@@ -214,31 +243,76 @@ def span_metrics(event: LLMEvent) -> dict[str, float]:
     return metrics
 
 
-def span_tags(event: LLMEvent, fmt: SpanFormat) -> list[str]:
+def _is_number(value: object) -> TypeGuard[float]:
+    """An int or a float but not a bool; the exact types are checked first, as they are the norm."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# A batch's tags by the values they are made of: events of one gateway, model and session share
+# them, so each set is formatted (and in agent mode sorted) once per batch.
+TagMemo = dict[tuple[str | None, ...], list[str]]
+# What span_tags's values are, in the order their tags come (after ml_app and service).
+_TAG_NAMES: Final = (
+    "gateway",
+    "provider",
+    "upstream",
+    "request_model",
+    "response_model",
+    "operation",
+    "tenant",
+    "relay_test",
+    "session_id",
+    "error",
+    "error_type",
+)
+
+
+def span_tags(event: LLMEvent, fmt: SpanFormat, memo: TagMemo | None = None) -> list[str]:
+    """The span's tags; with ``memo``, the list is shared by the spans of a batch that have the
+    same values, so it must not be changed."""
     source: Mapping[str, Any] = event.get("source") or {}
-    error = event.get("error") or {}
     failed = event.get("status") == "error"
-    pairs: list[tuple[str, Any]] = []
+    values = (  # one for each of _TAG_NAMES
+        source.get("gateway"),
+        event.get("provider"),
+        event.get("upstream"),
+        event.get("request_model"),
+        event.get("response_model"),
+        event.get("operation"),
+        source.get("tenant"),
+        "true" if source.get("test") else None,
+        event.get("session_id"),
+        "1" if failed else "0",
+        error_type(event.get("error") or {}) if failed else None,
+    )
+    if memo is None:
+        return _format_tags(values, fmt)
+    try:
+        tags = memo.get(values)
+    except TypeError:  # an unhashable value: odd, but no reason to fail
+        return _format_tags(values, fmt)
+    if tags is None:
+        tags = _format_tags(values, fmt)
+        # Only strings as keys: 1, 1.0 and True are equal keys but make different tags.
+        if all(value is None or type(value) is str for value in values):
+            memo[values] = tags
+    return tags
+
+
+def _format_tags(values: tuple[Any, ...], fmt: SpanFormat) -> list[str]:
+    """``name:value`` tags in the order Datadog shows them; a None or empty value makes none."""
+    pairs = list(zip(_TAG_NAMES, values, strict=True))
+    if fmt.service is None:  # DD_SERVICE unset: each span's service is its gateway
+        pairs.insert(0, ("service", values[0]))
     if fmt.mode == "agent":
-        pairs.append(("ml_app", fmt.ml_app))
-    if fmt.service is None:
-        pairs.append(("service", source.get("gateway")))
-    pairs += [
-        ("gateway", source.get("gateway")),
-        ("provider", event.get("provider")),
-        ("upstream", event.get("upstream")),
-        ("request_model", event.get("request_model")),
-        ("response_model", event.get("response_model")),
-        ("operation", event.get("operation")),
-        ("tenant", source.get("tenant")),
-        ("relay_test", "true" if source.get("test") else None),
-        ("session_id", event.get("session_id")),
-        ("error", "1" if failed else "0"),
-        ("error_type", error_type(error) if failed else None),
-    ]
-    tags = [f"{key}:{value}"[:TAG_MAX_CHARS] for key, value in pairs if value not in (None, "")]
+        pairs.insert(0, ("ml_app", fmt.ml_app))
+    tags = [f"{name}:{value}"[:TAG_MAX_CHARS] for name, value in pairs if value not in (None, "")]
     if fmt.mode == "agent":  # no body-level tags in this format: every span carries them
-        tags = sorted([*fmt.global_tags, *tags])
+        tags += fmt.global_tags
+        tags.sort()
     return tags
 
 
@@ -264,20 +338,33 @@ def span_error(event: LLMEvent, *, stack: bool) -> dict[str, str]:
 def dd_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
     """GenAI ``[{role, parts}]`` as Datadog's ``[{role, content}]``; empty when nothing to show."""
     converted: list[dict[str, str]] = []
+    shown = False
     for message in messages:
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             continue
-        texts = [
-            _part_text(part) for part in message.get("parts") or () if isinstance(part, Mapping)
-        ]
-        content = "\n".join(text for text in texts if text)
+        content = _message_text(message.get("parts") or ())
+        shown = shown or content != ""
         converted.append({"role": str(message.get("role") or ""), "content": content})
-    return converted if any(message["content"] for message in converted) else []
+    return converted if shown else []
+
+
+def _message_text(parts: Sequence[Any]) -> str:
+    """The texts of a message's parts, one per line."""
+    texts = []
+    for part in parts:
+        # type() first: parts are dicts, and an ABC isinstance check costs more than the rest
+        if type(part) is dict or isinstance(part, Mapping):
+            text = _part_text(part)
+            if text:
+                texts.append(text)
+    return "\n".join(texts)
 
 
 def _part_text(part: Mapping[str, Any]) -> str:
-    kind = str(part.get("type") or "text")
     content = part.get("content")
+    if type(content) is str and part.get("type") in ("text", None):  # the usual part
+        return content
+    kind = str(part.get("type") or "text")
     if kind in _TEXT_PARTS and content is not None:
         return content if isinstance(content, str) else json_text(content)
     if kind == "tool_call":
@@ -341,6 +428,31 @@ def ml_app_problem(name: str) -> str | None:
 
 def unix_ns(text: str | None) -> int:
     """Nanoseconds since the epoch from the schema's RFC 3339 UTC time; 0 when absent."""
+    # The normalizers write ``YYYY-MM-DDTHH:MM:SS.fffffffffZ`` (rfc3339_ns): take that shape apart
+    # by position, with the seconds cached, and leave any other shape to the general parser.
+    if type(text) is str and len(text) == 30 and text[19] == "." and text[29] == "Z":
+        fraction = text[20:29]
+        if fraction.isdecimal():  # what the general parser's \d and int() take
+            seconds = _epoch_seconds(text[:19])
+            if seconds is not None:
+                return seconds * 1_000_000_000 + int(fraction)
+    return _parse_unix_ns(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_seconds(head: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS`` as seconds since the epoch; None leaves it to ``_parse_unix_ns``."""
+    # Events of one busy second share their head: it is parsed once, not per event.
+    if _SECONDS.fullmatch(head) is None:
+        return None
+    try:
+        return calendar.timegm(datetime.fromisoformat(head).timetuple())
+    except ValueError:  # the general parser raises it, with its own message
+        return None
+
+
+def _parse_unix_ns(text: str | None) -> int:
+    """``unix_ns`` for any shape ``_TIME`` takes: fewer fraction digits, no fraction."""
     match = _TIME.match(text or "")
     if match is None:
         return 0
@@ -358,13 +470,17 @@ def decimal_id(hex_id: str) -> str:
 
 def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool | None:
     """A metadata value: a string, a finite number or a boolean (all the intake takes)."""
+    kind = type(value)
+    if kind is str:  # the usual exact types first, one test each; the rest go the long way
+        if numeric_strings:  # numbers are short: a long text is not worth remembering
+            return _numeric_text(value) if len(value) <= 64 else _numeric_text_uncached(value)
+        return value[:VALUE_MAX_CHARS] if value else None
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, str) and numeric_strings:
-        for number_type in (int, float):
-            try:
-                number = _scalar(number_type(value))
-            except ValueError:
-                continue
-            return value if number is None or isinstance(number, str) else number
+        return _numeric_text_uncached(value)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -376,6 +492,21 @@ def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool 
     if isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)[:VALUE_MAX_CHARS] or None
     return json_text(value)[:VALUE_MAX_CHARS]
+
+
+def _numeric_text_uncached(value: str) -> str | float | bool | None:
+    """A request parameter sent as text: the number it spells, else the text itself."""
+    for number_type in (int, float):
+        try:
+            number = _scalar(number_type(value))
+        except ValueError:
+            continue
+        return value if number is None or isinstance(number, str) else number
+    return value[:VALUE_MAX_CHARS] if value else None
+
+
+# The same, remembered: a failed int() costs an exception, and parameter values repeat ("0.2").
+_numeric_text = functools.lru_cache(maxsize=1024)(_numeric_text_uncached)
 
 
 def json_text(value: Any) -> str:

@@ -76,6 +76,7 @@ class FileSink:
         self._executor: ThreadPoolExecutor | None = None
         self._handle: Any = None
         self._size = 0
+        self._rotated_ms = 0
 
     async def start(self) -> None:
         if self._executor is None:
@@ -117,7 +118,10 @@ class FileSink:
         self._handle.close()
         self._handle = None
         path = self.config.path
-        seconds, millis = divmod(time.time_ns() // 1_000_000, 1000)
+        # Names sort by time; two rotations within one millisecond must not share a name (the
+        # second would replace the first backup).
+        self._rotated_ms = max(time.time_ns() // 1_000_000, self._rotated_ms + 1)
+        seconds, millis = divmod(self._rotated_ms, 1000)
         stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(seconds)) + f".{millis:03d}"
         rotated = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
         os.replace(path, rotated)

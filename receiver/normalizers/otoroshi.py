@@ -13,6 +13,8 @@ string of the finished event is swept for those exact values (a provider error m
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
@@ -63,6 +65,22 @@ _OPERATIONS = {
     "ocr_model/ocr": "ocr",
 }
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31: beyond it the timestamp is garbage, not a time
+_MAX_EPOCH_NS = _MAX_EPOCH_MS * 1_000_000
+_USD = ("dollar", "dollars", "usd", "$")
+# Otoroshi's name(s) for each usage count, first present wins.
+_USAGE_NAMES = (
+    ("input_tokens", ("prompt_tokens", "input_tokens")),
+    ("output_tokens", ("generation_tokens", "completion_tokens", "output_tokens")),
+    ("reasoning_output_tokens", ("reasoning_tokens",)),
+    ("total_tokens", ("total_tokens",)),
+)
+_COST_NAMES = (("total", "total_cost"), ("input", "input_cost"), ("output", "output_cost"))
+_RATE_LIMIT_NAMES = ("requests_limit", "requests_remaining", "tokens_limit", "tokens_remaining")
+_ENRICHMENT_PREFIXES = ("instance-", "cluster-")
+# Bounds of the tables that remember per-exporter constants (key layouts, strings, URLs).
+_MAX_LAYOUTS = 256
+_MAX_LAYOUT_CHARS = 4096
+_MAX_REMEMBERED = 256
 
 
 def normalize(body: bytes, ctx: IngestContext) -> Normalized:
@@ -76,13 +94,11 @@ def normalize(body: bytes, ctx: IngestContext) -> Normalized:
         if kind != LLM_AUDIT:
             result.skipped[kind] += 1
             continue
-        at_id = item.get("@id")
-        if isinstance(at_id, int) and not isinstance(at_id, bool):
-            at_id = str(at_id)
-        if not isinstance(at_id, str) or not at_id.strip():
+        at_id = _at_id(item.get("@id"))
+        if at_id is None:
             result.reject(label, "LLMUsageAudit without @id: no stable event_id can be derived")
             continue
-        result.attempt(at_id.strip(), _event, item, at_id.strip(), ctx)
+        result.attempt(at_id, _event, item, at_id, ctx)
     return result
 
 
@@ -96,9 +112,18 @@ def _kind(item: dict[str, Any]) -> str:
     return LLM_AUDIT if "consumed_using" in item and "provider_kind" in item else "unknown"
 
 
+def _at_id(value: Any) -> str | None:
+    """``@id`` as a non-blank string; a JSON number (some senders send it so) counts as one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
 def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     end_ns = _ms_to_ns(item.get("@timestamp"))
-    if end_ns is None or not 0 < end_ns < _MAX_EPOCH_MS * 1_000_000:
+    if end_ns is None or not 0 < end_ns < _MAX_EPOCH_NS:
         raise UnusableItem("@timestamp is missing or not epoch milliseconds")
     event_id = stable_id(FORMAT, at_id)
     event = base_event(event_id=event_id, received_at=ctx.received_at, fmt=FORMAT, gateway=FORMAT)
@@ -106,34 +131,41 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
 
     # @timestamp is stamped once the call is over. ``duration`` is the provider's own processing
     # time for OpenAI-family providers and wall-clock time for the others; either way it is the
-    # best start estimate there is. Errors and cache hits have none: the event is then instant.
+    # best start estimate there is. Errors and cache hits have none: the event is then instant,
+    # and its end time text serves as the start too.
     duration_ns = _ms_to_ns(item.get("duration"))
     if duration_ns is not None and not 0 <= duration_ns <= end_ns:
         duration_ns = None
-    event["start_time"] = rfc3339_ns(end_ns - (duration_ns or 0))
-    event["end_time"] = rfc3339_ns(end_ns)
+    end_time = rfc3339_ns(end_ns)
+    event["start_time"] = rfc3339_ns(end_ns - duration_ns) if duration_ns else end_time
+    event["end_time"] = end_time
     if duration_ns is not None:
         event["duration_ms"] = duration_ns / 1_000_000
 
     consumed = item.get("consumed_using")
     consumed = consumed if isinstance(consumed, str) else ""
     family, _, mode = consumed.rpartition("/")
-    stream_chunks = [c for c in item.get("output_stream") or () if isinstance(c, dict)]
+    raw_chunks = item.get("output_stream")
+    stream_chunks = [c for c in raw_chunks if isinstance(c, dict)] if raw_chunks else []
     event["operation"] = _OPERATIONS.get(family) or _OPERATIONS.get(consumed) or consumed or "chat"
     if mode in ("streaming", "blocking") or stream_chunks:
         event["stream"] = mode == "streaming" or bool(stream_chunks)
 
+    # Each sub-object is looked up once here and handed to the helpers that read it.
     details = as_dict(item.get("provider_details"))
+    output = as_dict(item.get("output"))
+    metadata = as_dict(output.get("metadata"))
+    input_body = as_dict(item.get("input_body"))
+    costs = as_dict(item.get("costs") or metadata.get("costs"))
+    apikey = as_dict(item.get("apikey"))
+    user = as_dict(item.get("user"))  # a PrivateAppsUser: its token and profile stay behind
+
     kind = item.get("provider_kind") or details.get("provider")
     if isinstance(kind, str) and kind:
         kind = kind.lower()
         event["provider"] = event["upstream"] = _SEMCONV_PROVIDER.get(kind, kind)
 
-    output = as_dict(item.get("output"))
-    metadata = as_dict(output.get("metadata"))
-    input_body = as_dict(item.get("input_body"))
-    last_chunk_model = next((c["model"] for c in reversed(stream_chunks) if c.get("model")), None)
-    response_model = item.get("model") or output.get("model") or last_chunk_model
+    response_model = item.get("model") or output.get("model") or _last_chunk_model(stream_chunks)
     request_model = (
         response_model or input_body.get("model") or as_dict(details.get("options")).get("model")
     )
@@ -142,38 +174,41 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     if isinstance(response_model, str) and response_model:
         event["response_model"] = response_model
 
-    # Usage fallbacks, in order: the top-level slug (absent on errors and cache hits), the
-    # response metadata, an embedding's OpenAI-style usage, the last streamed chunk with usage.
-    sources = [item.get("usage"), metadata.get("usage"), output.get("usage")]
-    sources += [chunk.get("usage") for chunk in reversed(stream_chunks)]
-    event["usage"] = cast(Usage, _usage(next((as_dict(s) for s in sources if as_dict(s)), {})))
-    event["cost"] = cast(Cost, _cost(item.get("costs") or metadata.get("costs")))
+    event["usage"] = _usage(_usage_source(item, metadata, output, stream_chunks))
+    event["cost"] = _cost(costs)
 
     error = item.get("error")
-    event["status"] = "error" if error not in (None, {}, "") else "ok"
     attributes: dict[str, Any] = {}
-    if event["status"] == "error":
-        event["error"] = cast(Error, _error(error, attributes))
+    if error not in (None, {}, ""):
+        event["status"] = "error"
+        event["error"] = _error(error, attributes)
+    else:
+        event["status"] = "ok"
 
-    rate_limit = _rate_limit(item.get("rate_limit") or metadata.get("rate_limit"))
+    rate_limit = _rate_limit(as_dict(item.get("rate_limit") or metadata.get("rate_limit")))
     if rate_limit:
-        event["rate_limit"] = cast(RateLimit, rate_limit)
-    _who(event, item, attributes)
+        event["rate_limit"] = rate_limit
+    _who(event, apikey, user, attributes)
     _content(event, item, output, input_body, stream_chunks)
-    _attributes(attributes, item, at_id, consumed, details, metadata, stream_chunks)
+    _attributes(attributes, item, at_id, consumed, details, metadata, costs, stream_chunks)
     event["attributes"] = attributes
 
     # Checked on the serialized event first (escaped as JSON escapes it): sweeping every string
     # of every event would cost more than the rest of the normalization.
     dump = orjson.dumps(event)
-    found = [s for s in _secret_values(item) if orjson.dumps(s)[1:-1] in dump]
+    candidates = _secret_values(apikey, user, details)
+    found = [s for s in candidates if orjson.dumps(s)[1:-1] in dump]
+    if not found:
+        return event
     # Longest first: one secret may contain another (a rotation's nextSecret, say).
-    secrets = sorted(found, key=len, reverse=True)
-    return cast(LLMEvent, _swept(event, secrets)) if secrets else event
+    return cast(LLMEvent, _swept(event, sorted(found, key=len, reverse=True)))
 
 
 def _ms_to_ns(value: Any) -> int | None:
     """Milliseconds (a JSON number or numeric string) as integer nanoseconds, exactly."""
+    # The usual case, a JSON integer, is exact as it is: Decimal is only needed for the rest.
+    if type(value) is int:
+        return value * 1_000_000 if -_MAX_EPOCH_MS <= value <= _MAX_EPOCH_MS else None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
@@ -186,36 +221,58 @@ def _ms_to_ns(value: Any) -> int | None:
     return int(number * 1_000_000)
 
 
-def _usage(raw: dict[str, Any]) -> dict[str, int]:
+def _last_chunk_model(chunks: list[dict[str, Any]]) -> Any:
+    """The model named by the last streamed chunk that names one (the fallback of last resort)."""
+    return next((c["model"] for c in reversed(chunks) if c.get("model")), None)
+
+
+def _usage_source(
+    item: dict[str, Any],
+    metadata: dict[str, Any],
+    output: dict[str, Any],
+    chunks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The first non-empty usage object, in fallback order.
+
+    The top-level slug (absent on errors and cache hits), the response metadata, an embedding's
+    OpenAI-style usage, then the last streamed chunk with usage.
+    """
+    for source in (item.get("usage"), metadata.get("usage"), output.get("usage")):
+        if isinstance(source, dict) and source:
+            return source
+    for chunk in reversed(chunks):
+        source = chunk.get("usage")
+        if isinstance(source, dict) and source:
+            return source
+    return {}
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
     usage: dict[str, int] = {}
-    for target, names in (
-        ("input_tokens", ("prompt_tokens", "input_tokens")),
-        ("output_tokens", ("generation_tokens", "completion_tokens", "output_tokens")),
-        ("reasoning_output_tokens", ("reasoning_tokens",)),
-        ("total_tokens", ("total_tokens",)),
-    ):
-        value = next((as_int(raw[n]) for n in names if n in raw), None)
-        if value is not None and value >= 0:  # Otoroshi writes -1 for "the provider did not say"
-            usage[target] = value
+    for target, names in _USAGE_NAMES:
+        for name in names:
+            if name in raw:
+                value = as_int(raw[name])
+                if value is not None and value >= 0:  # Otoroshi writes -1 for "did not say"
+                    usage[target] = value
+                break
     # Otoroshi's generation_tokens is the provider's completion count, which already includes
     # reasoning tokens; the total is therefore input + output, never + reasoning again.
-    return finish_usage(usage)
+    return cast(Usage, finish_usage(usage))
 
 
-def _cost(costs: Any) -> dict[str, Any]:
-    costs = as_dict(costs)
-    currency = str(costs.get("currency") or "dollar").strip().lower()
-    if not costs or currency not in ("dollar", "dollars", "usd", "$"):
+def _cost(costs: dict[str, Any]) -> Cost:
+    if not costs or str(costs.get("currency") or "dollar").strip().lower() not in _USD:
         return {"currency": "USD", "source": "unknown"}
     cost: dict[str, Any] = {"currency": "USD", "source": "gateway"}
-    for target in ("total", "input", "output"):
-        value = as_float(costs.get(f"{target}_cost"))
+    for target, name in _COST_NAMES:
+        value = as_float(costs.get(name))
         if value is not None:
             cost[target] = value
-    return cost
+    return cast(Cost, cost)
 
 
-def _error(error: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+def _error(error: Any, attributes: dict[str, Any]) -> Error:
     """Guardrail denials, ``{"exception": ...}`` and provider error bodies, as one shape."""
     if not isinstance(error, dict):
         return {"type": "error", "message": redact_text(str(error))[:2000]}
@@ -243,38 +300,51 @@ def _error(error: Any, attributes: dict[str, Any]) -> dict[str, Any]:
         if status is not None and 100 <= status <= 599:
             result["http_status"] = status
             break
-    return result
+    return cast(Error, result)
 
 
-def _rate_limit(raw: Any) -> dict[str, int]:
+def _rate_limit(raw: dict[str, Any]) -> RateLimit:
     limits: dict[str, int] = {}
-    for name in ("requests_limit", "requests_remaining", "tokens_limit", "tokens_remaining"):
-        value = as_int(as_dict(raw).get(name))
+    for name in _RATE_LIMIT_NAMES:
+        value = as_int(raw.get(name))
         if value is not None and value >= 0:  # -1: the upstream sent no x-ratelimit-* header
             limits[name] = value
-    return limits
+    return cast(RateLimit, limits)
 
 
-def _who(event: LLMEvent, item: dict[str, Any], attributes: dict[str, Any]) -> None:
-    apikey = as_dict(item.get("apikey"))
-    # The clientId is never copied: with allowClientIdOnly it authenticates on its own.
-    api_key: dict[str, str] = {}
-    if isinstance(apikey.get("clientName"), str) and apikey["clientName"]:
-        api_key["name"] = apikey["clientName"]
-    if isinstance(apikey.get("clientId"), str) and apikey["clientId"]:
-        api_key["hash"] = key_hash(apikey["clientId"])
-    if api_key:
-        event["api_key"] = cast(ApiKey, api_key)
-    flatten_into(attributes, "otoroshi.apikey.tags", apikey.get("tags"))
-    flatten_into(attributes, "otoroshi.apikey.metadata", apikey.get("metadata"))
-
-    user = as_dict(item.get("user"))  # a PrivateAppsUser: its token and profile stay behind
-    user_id = user.get("email") or user.get("name")
-    if isinstance(user_id, str) and user_id:
-        event["user_id"] = user_id
-    for name in ("name", "email", "realm"):
-        flatten_into(attributes, f"otoroshi.user.{name}", user.get(name))
-    flatten_into(attributes, "otoroshi.user.auth_config_id", user.get("authConfigId"))
+def _who(
+    event: LLMEvent, apikey: dict[str, Any], user: dict[str, Any], attributes: dict[str, Any]
+) -> None:
+    if apikey:
+        # The clientId is never copied: with allowClientIdOnly it authenticates on its own.
+        api_key: dict[str, str] = {}
+        name, client_id = apikey.get("clientName"), apikey.get("clientId")
+        if isinstance(name, str) and name:
+            api_key["name"] = name
+        if isinstance(client_id, str) and client_id:
+            api_key["hash"] = key_hash(client_id)
+        if api_key:
+            event["api_key"] = cast(ApiKey, api_key)
+        _flatten_present(
+            attributes,
+            (
+                ("otoroshi.apikey.tags", apikey.get("tags")),
+                ("otoroshi.apikey.metadata", apikey.get("metadata")),
+            ),
+        )
+    if user:
+        user_id = user.get("email") or user.get("name")
+        if isinstance(user_id, str) and user_id:
+            event["user_id"] = user_id
+        _flatten_present(
+            attributes,
+            (
+                ("otoroshi.user.name", user.get("name")),
+                ("otoroshi.user.email", user.get("email")),
+                ("otoroshi.user.realm", user.get("realm")),
+                ("otoroshi.user.auth_config_id", user.get("authConfigId")),
+            ),
+        )
 
 
 def _content(
@@ -290,10 +360,16 @@ def _content(
     elif isinstance(input_body.get("input"), str | list) and input_body["input"]:
         event["input_messages"] = chat_messages([{"role": "user", "content": input_body["input"]}])
 
-    generations = [g for g in output.get("generations") or () if isinstance(g, dict)]
-    said = [g["message"] for g in generations if isinstance(g.get("message"), dict)]
-    messages = chat_messages({"role": "assistant", **message} for message in said)
-    reasons = [str(g["finish_reason"]) for g in generations if g.get("finish_reason")]
+    said: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for generation in output.get("generations") or ():
+        if isinstance(generation, dict):
+            message = generation.get("message")
+            if isinstance(message, dict):
+                said.append({"role": "assistant", **message})
+            if generation.get("finish_reason"):
+                reasons.append(str(generation["finish_reason"]))
+    messages = chat_messages(said) if said else []
     streamed: dict[int, list[str]] = {}
     for chunk in chunks:
         for choice in chunk.get("choices") or ():
@@ -320,50 +396,134 @@ def _attributes(
     consumed: str,
     details: dict[str, Any],
     metadata: dict[str, Any],
+    costs: dict[str, Any],
     chunks: list[dict[str, Any]],
 ) -> None:
+    # The two ids differ in every event: flatten_into directly, as remembering them is useless.
     flatten_into(attributes, "otoroshi.id", at_id)
-    flatten_into(attributes, "otoroshi.consumed_using", consumed or None)
-    for name in ("@env", "request_id", "deployment_id", "resource_name"):  # the last two: Azure
-        flatten_into(attributes, f"otoroshi.{name.lstrip('@')}", item.get(name))
-    for name, value in item.items():  # enrichment: instance-name, cluster-mode...
-        if name.startswith(("instance-", "cluster-")):
-            flatten_into(attributes, "otoroshi." + name.replace("-", "."), value)
-    flatten_into(attributes, "otoroshi.provider_kind", item.get("provider_kind"))
-    flatten_into(attributes, "otoroshi.provider.id", item.get("provider") or details.get("id"))
-    flatten_into(attributes, "otoroshi.provider.name", details.get("name"))
-    base_url = as_dict(details.get("connection")).get("base_url")
-    flatten_into(attributes, "server.address", url_host(base_url))
-    route = as_dict(item.get("route"))
-    flatten_into(attributes, "otoroshi.route.id", route.get("id"))
-    flatten_into(attributes, "otoroshi.route.name", route.get("name"))
-    flatten_into(
-        attributes, "otoroshi.route.domains", as_dict(route.get("frontend")).get("domains")
+    _flatten_present(
+        attributes,
+        (("otoroshi.consumed_using", consumed or None), ("otoroshi.env", item.get("@env"))),
     )
-    flatten_into(attributes, "otoroshi.tenant", as_dict(route.get("_loc")).get("tenant"))
+    flatten_into(attributes, "otoroshi.request_id", item.get("request_id"))
+    _flatten_present(
+        attributes,
+        (
+            ("otoroshi.deployment_id", item.get("deployment_id")),  # this one and the next: Azure
+            ("otoroshi.resource_name", item.get("resource_name")),
+        ),
+    )
+    # Otoroshi's enrichment: instance-name, cluster-mode...
+    _flatten_present(attributes, [(key, item[name]) for name, key in _enrichment_keys(item)])
+    route = as_dict(item.get("route"))
+    _flatten_present(
+        attributes,
+        (
+            ("otoroshi.provider_kind", item.get("provider_kind")),
+            ("otoroshi.provider.id", item.get("provider") or details.get("id")),
+            ("otoroshi.provider.name", details.get("name")),
+            ("server.address", _url_host(as_dict(details.get("connection")).get("base_url"))),
+            ("otoroshi.route.id", route.get("id")),
+            ("otoroshi.route.name", route.get("name")),
+            ("otoroshi.route.domains", as_dict(route.get("frontend")).get("domains")),
+            ("otoroshi.tenant", as_dict(route.get("_loc")).get("tenant")),
+        ),
+    )
 
     cache = as_dict(item.get("cache") or metadata.get("cache"))
     if cache:  # the gateway's response cache (simple/semantic), not provider prompt caching
         flatten_into(attributes, "otoroshi.cache", cache)
         attributes["gateway.cache_hit"] = str(cache.get("status", "")).lower() == "hit"
-    costs = as_dict(item.get("costs") or metadata.get("costs"))
-    flatten_into(attributes, "otoroshi.costs.reasoning_cost", costs.get("reasoning_cost"))
-    if str(costs.get("currency", "dollar")).lower() not in ("dollar", "dollars", "usd", "$"):
+    _flatten_present(attributes, (("otoroshi.costs.reasoning_cost", costs.get("reasoning_cost")),))
+    if str(costs.get("currency", "dollar")).lower() not in _USD:
         flatten_into(attributes, "otoroshi.costs", costs)  # kept as reported, not as USD
-    flatten_into(attributes, "otoroshi.impacts", item.get("impacts") or metadata.get("impacts"))
-    flatten_into(attributes, "otoroshi.budgets", item.get("budgets") or metadata.get("budget"))
-    flatten_into(attributes, "otoroshi.consumer_rate_limit", item.get("consumer_rate_limit"))
+    _flatten_present(
+        attributes,
+        (
+            ("otoroshi.impacts", item.get("impacts") or metadata.get("impacts")),
+            ("otoroshi.budgets", item.get("budgets") or metadata.get("budget")),
+            ("otoroshi.consumer_rate_limit", item.get("consumer_rate_limit")),
+        ),
+    )
     if chunks:
         attributes["otoroshi.stream.chunks"] = len(chunks)
 
 
-def _secret_values(item: dict[str, Any]) -> set[str]:
-    apikey = as_dict(item.get("apikey"))
+def _flatten_present(attributes: dict[str, Any], fields: Iterable[tuple[str, Any]]) -> None:
+    """``flatten_into`` for each ``(key, value)``, done as cheaply as the value allows.
+
+    Most optional fields are null in a given event: ``flatten_into`` would ignore them, so they
+    are skipped here without a call. Most strings (environment, instance, provider, route...) are
+    the same in event after event, and vetting one for secrets costs more than the rest of its
+    attribute: what ``flatten_into`` makes of a short string is remembered, in a bounded LRU
+    table (so values unique to each event, the ids, are not passed here: they would churn it).
+    """
+    for key, value in fields:
+        if value is None:
+            continue
+        if type(value) is str and len(key) + len(value) <= _MAX_REMEMBERED:
+            attributes.update(_flattened_text(key, value))
+        else:
+            flatten_into(attributes, key, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flattened_text(key: str, value: str) -> Mapping[str, Any]:
+    """The attributes ``flatten_into`` adds for one string: a function of key and value only.
+
+    Shared by every event that has this string, hence read-only (a dict, as ``update`` copies a
+    dict fastest).
+    """
+    added: dict[str, Any] = {}
+    flatten_into(added, key, value)
+    return added
+
+
+# Otoroshi's enrichment keys and their attribute names, per key layout (see _enrichment_keys).
+_enrichment_by_layout: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _enrichment_keys(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The ``instance-*`` and ``cluster-*`` keys of an event, in its order, with their attributes.
+
+    Testing the prefix of each of the ~40 keys costs more than any other attribute. The events of
+    one exporter all have the same keys in the same order, so the answer is kept per key layout,
+    in a table cleared when full and holding only layouts of reasonable size (a sender can make
+    keys as long as the body limit allows).
+    """
+    layout = tuple(item)
+    keys = _enrichment_by_layout.get(layout)
+    if keys is None:
+        keys = tuple(
+            (name, "otoroshi." + name.replace("-", "."))
+            for name in layout
+            if name.startswith(_ENRICHMENT_PREFIXES)
+        )
+        if sum(map(len, layout)) <= _MAX_LAYOUT_CHARS:
+            if len(_enrichment_by_layout) >= _MAX_LAYOUTS:
+                _enrichment_by_layout.clear()
+            _enrichment_by_layout[layout] = keys
+    return keys
+
+
+_cached_url_host = functools.lru_cache(maxsize=1024)(url_host)
+
+
+def _url_host(url: Any) -> str | None:
+    """``url_host``, remembered for short URLs: a provider's base URL is one of a handful."""
+    if isinstance(url, str) and len(url) <= _MAX_REMEMBERED:
+        return _cached_url_host(url)
+    return url_host(url)
+
+
+def _secret_values(
+    apikey: dict[str, Any], user: dict[str, Any], details: dict[str, Any]
+) -> set[str]:
     candidates = (
         apikey.get("clientSecret"),
         as_dict(apikey.get("rotation")).get("nextSecret"),
-        as_dict(item.get("user")).get("token"),
-        as_dict(as_dict(item.get("provider_details")).get("connection")).get("token"),
+        user.get("token"),
+        as_dict(details.get("connection")).get("token"),
     )
     # Very short values would blank out ordinary words; they are not keys anyone issues.
     return {value for value in candidates if isinstance(value, str) and len(value) >= 8}

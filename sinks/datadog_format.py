@@ -14,20 +14,19 @@ a marker, so the event is delivered rather than lost.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import io
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
 from receiver import __version__
 from schemas import LLMEvent
+from schemas.times import unix_ns
 
 Mode = Literal["agentless", "agent"]
 
@@ -42,8 +41,6 @@ VALUE_MAX_CHARS: Final = 1024  # metadata strings: request parameters are short;
 ERROR_MAX_CHARS: Final = 8192
 ML_APP_MAX: Final = 193
 ENVELOPE_ALLOWANCE: Final = 4096  # room for the body's wrapper around the spans
-_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z$")
-_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")  # _TIME's first group
 _TEXT_PARTS: Final = frozenset({"text", "reasoning", "tool_call_response"})
 _REQUEST_PREFIX: Final = "gen_ai.request."
 _MODEL_KEY: Final = "gen_ai.request.model"  # a span field of its own, not a parameter
@@ -424,40 +421,6 @@ def ml_app_problem(name: str) -> str | None:
         f"letters, digits and _ - : . / only, at most {ML_APP_MAX} characters, no '__' and no "
         f"trailing '_', e.g. {suggestion!r}"
     )
-
-
-def unix_ns(text: str | None) -> int:
-    """Nanoseconds since the epoch from the schema's RFC 3339 UTC time; 0 when absent."""
-    # The normalizers write ``YYYY-MM-DDTHH:MM:SS.fffffffffZ`` (rfc3339_ns): take that shape apart
-    # by position, with the seconds cached, and leave any other shape to the general parser.
-    if type(text) is str and len(text) == 30 and text[19] == "." and text[29] == "Z":
-        fraction = text[20:29]
-        if fraction.isdecimal():  # what the general parser's \d and int() take
-            seconds = _epoch_seconds(text[:19])
-            if seconds is not None:
-                return seconds * 1_000_000_000 + int(fraction)
-    return _parse_unix_ns(text)
-
-
-@functools.lru_cache(maxsize=1024)
-def _epoch_seconds(head: str) -> int | None:
-    """``YYYY-MM-DDTHH:MM:SS`` as seconds since the epoch; None leaves it to ``_parse_unix_ns``."""
-    # Events of one busy second share their head: it is parsed once, not per event.
-    if _SECONDS.fullmatch(head) is None:
-        return None
-    try:
-        return calendar.timegm(datetime.fromisoformat(head).timetuple())
-    except ValueError:  # the general parser raises it, with its own message
-        return None
-
-
-def _parse_unix_ns(text: str | None) -> int:
-    """``unix_ns`` for any shape ``_TIME`` takes: fewer fraction digits, no fraction."""
-    match = _TIME.match(text or "")
-    if match is None:
-        return 0
-    seconds = calendar.timegm(datetime.fromisoformat(match[1]).timetuple())
-    return seconds * 1_000_000_000 + int((match[2] or "").ljust(9, "0"))
 
 
 def decimal_id(hex_id: str) -> str:

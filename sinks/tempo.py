@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import calendar
-import functools
 import gzip
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -55,6 +52,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from receiver import __version__
 from receiver.settings import EnvReader, mask
 from schemas import LLMEvent
+from schemas.times import unix_ns
 from sinks import otlp_wire
 from sinks.base import (
     DispatchSettings,
@@ -292,11 +290,18 @@ def encode_span(event: LLMEvent) -> bytes:
         parent_span_id=bytes.fromhex(parent) if parent else None,
         name=f"{operation} {model}" if model else operation,
         kind=otlp_wire.SPAN_KIND_CLIENT,
-        start_ns=unix_ns(event["start_time"]),
-        end_ns=unix_ns(event["end_time"]),
+        start_ns=_time(event["start_time"]),
+        end_ns=_time(event["end_time"]),
         attributes=span_attributes(event),
         error_message=error_message,
     )
+
+
+def _time(text: str) -> int:
+    nanos = unix_ns(text)
+    if not nanos:
+        raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
+    return nanos
 
 
 def span_attributes(event: LLMEvent) -> dict[str, Any]:
@@ -349,18 +354,6 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
 def double(value: float | None) -> float | None:
     """A cost of exactly 1 stays a double, so that TraceQL compares it with other costs."""
     return None if value is None else float(value)
-
-
-def unix_ns(stamp: str) -> int:
-    """RFC 3339 UTC to nanoseconds, keeping all nine fraction digits (datetime stops at six)."""
-    head, _, fraction = stamp.removesuffix("Z").partition(".")
-    return _unix_seconds(head) * 1_000_000_000 + int((fraction + "000000000")[:9])
-
-
-@functools.lru_cache(maxsize=1024)
-def _unix_seconds(head: str) -> int:
-    # Events of a busy second share it: parsing it once per second saves most of the cost.
-    return calendar.timegm(datetime.fromisoformat(head).timetuple())
 
 
 SPEC = SinkSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Iterable
@@ -17,7 +18,13 @@ from schemas import SCHEMA_ID, LLMEvent, Message
 def rfc3339_ns(unix_ns: int) -> str:
     """``2026-03-01T12:15:46.123456789Z``: RFC 3339 in UTC with nanosecond precision."""
     seconds, nanos = divmod(unix_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    return f"{_utc_seconds(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_seconds(seconds: int) -> str:
+    # The events of one busy second share it: formatted once, not per event.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def now() -> tuple[int, str]:

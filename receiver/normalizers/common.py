@@ -18,7 +18,7 @@ from schemas import SCHEMA_ID, LLMEvent, Message
 def rfc3339_ns(unix_ns: int) -> str:
     """``2026-03-01T12:15:46.123456789Z``: RFC 3339 in UTC with nanosecond precision."""
     seconds, nanos = divmod(unix_ns, 1_000_000_000)
-    return f"{_utc_seconds(seconds)}.{nanos:09d}Z"
+    return f"{_utc_seconds(seconds)}.{str(nanos).zfill(9)}Z"  # zfill: faster than :09d
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 from receiver.normalizers.base import IngestContext, Normalized
@@ -125,6 +126,30 @@ SESSION = ("gen_ai.conversation.id", "session.id")
 USER = ("user.id", "enduser.id", "llm.user")
 STREAM = ("gen_ai.request.stream", "llm.is_streaming")
 TTFT_SECONDS = ("gen_ai.response.time_to_first_chunk",)
+OPERATION = ("gen_ai.operation.name",)
+REQUEST_TYPE = ("llm.request.type",)
+ERROR_TYPE = ("error.type",)
+HTTP_STATUS = ("http.response.status_code", "http.status_code")
+# Every table ``_Taker.take`` is given. No name is in two tables (checked at import below): so
+# one look at a span's names tells which tables have something to take, see ``_Names``.
+ALIAS_TABLES: Final[tuple[tuple[str, ...], ...]] = (
+    PROVIDER,
+    REQUEST_MODEL,
+    RESPONSE_MODEL,
+    *(keys for _, keys in USAGE),
+    *(keys for _, keys in COST),
+    FINISH_REASONS,
+    UPSTREAM,
+    API_KEY_NAME,
+    SESSION,
+    USER,
+    STREAM,
+    TTFT_SECONDS,
+    OPERATION,
+    REQUEST_TYPE,
+    ERROR_TYPE,
+    HTTP_STATUS,
+)
 # Request parameters OpenRouter sends as strings; semconv types them, and sinks need the numbers.
 TYPED_PARAMETERS: Final[dict[str, Callable[[Any], Any]]] = {
     "gen_ai.request.temperature": as_float,
@@ -139,7 +164,87 @@ TYPED_PARAMETERS: Final[dict[str, Callable[[Any], Any]]] = {
 _INDEXED = re.compile(
     r"^(gen_ai\.(?:prompt|completion)|llm\.(?:input|output)_messages)\.(\d+)\.(.+)$"
 )
-_TEST_MARKERS: Final = (("source", "observability-test-button"), ("span.metadata.test", "true"))
+_MODEL_FIELDS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("request_model", REQUEST_MODEL),
+    ("response_model", RESPONSE_MODEL),
+)
+_CACHED_TEXT_MAX: Final = 64  # characters of a value a converter may keep in its cache
+_OPENROUTER_PREFIXES: Final = ("openrouter.", "trace.metadata.openrouter.")
+_LLM_NAMES: Final = frozenset((*REQUEST_MODEL, *RESPONSE_MODEL, "llm.request.type"))
+
+
+def _table_by_alias(tables: Iterable[tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    by_alias: dict[str, tuple[str, ...]] = {}
+    for table in tables:
+        for alias in table:
+            if alias in by_alias:
+                raise ValueError(f"{alias!r} is in two alias tables")
+            if alias in TYPED_PARAMETERS or _INDEXED.match(alias):
+                raise ValueError(f"{alias!r} is an alias and a typed or indexed name")
+            by_alias[alias] = table
+    return by_alias
+
+
+_TABLE_BY_ALIAS: Final = _table_by_alias(ALIAS_TABLES)
+_ALIASES: Final = frozenset(_TABLE_BY_ALIAS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """What only depends on a span's attribute names, worked out once per list of names.
+
+    Spans from one sender nearly always carry the same names in the same order, and finding
+    aliases, prefixes and indexed messages among a few dozen names costs more than the rest of
+    a take. As no alias is a typed or an indexed name, taking fields leaves those in place.
+    """
+
+    # A table's first alias (no name is in two tables) -> its aliases present, in table order.
+    aliases: dict[str, tuple[str, ...]]
+    openrouter: bool  # some name is ``openrouter.*`` or ``trace.metadata.openrouter.*``
+    indexed: tuple[tuple[str, str, int, str], ...]  # (name, side, index, field), in name order
+    typed: tuple[tuple[str, Callable[[Any], Any]], ...]  # TYPED_PARAMETERS present, table order
+
+    @classmethod
+    def of(cls, names: tuple[str, ...]) -> _Names:
+        present = _ALIASES.intersection(names)
+        aliases = {
+            table[0]: tuple(alias for alias in table if alias in present)
+            for table in {_TABLE_BY_ALIAS[alias] for alias in present}
+        }
+        indexed = []
+        for name in names:
+            match = _INDEXED.match(name)
+            if match:
+                prefix, index, field = match.groups()
+                side = "input" if prefix in ("gen_ai.prompt", "llm.input_messages") else "output"
+                indexed.append((name, side, int(index), field.removeprefix("message.")))
+        return cls(
+            aliases=aliases,
+            openrouter=any(name.startswith(_OPENROUTER_PREFIXES) for name in names),
+            indexed=tuple(indexed),
+            typed=tuple((k, convert) for k, convert in TYPED_PARAMETERS.items() if k in names),
+        )
+
+
+# Names seen lately. Entries are bounded in count and size: a sender inventing names for every
+# span only gets uncached lookups.
+_NAMES_SEEN: dict[tuple[str, ...], _Names] = {}
+_NAMES_SEEN_MAX: Final = 256
+_NAMES_SEEN_MAX_NAMES: Final = 128  # names per entry
+_NAMES_SEEN_MAX_CHARS: Final = 8192  # characters of all names per entry
+
+
+def _names_of(attributes: dict[str, Any]) -> _Names:
+    names = tuple(attributes)
+    known = _NAMES_SEEN.get(names)
+    if known is not None:
+        return known
+    known = _Names.of(names)
+    if len(names) <= _NAMES_SEEN_MAX_NAMES and sum(map(len, names)) <= _NAMES_SEEN_MAX_CHARS:
+        if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
+            _NAMES_SEEN.clear()
+        _NAMES_SEEN[names] = known
+    return known
 
 
 def normalize_json(body: bytes, ctx: IngestContext) -> Normalized:
@@ -175,20 +280,33 @@ def is_llm_span(attributes: dict[str, Any]) -> bool:
     kind = attributes.get("openinference.span.kind")
     if kind is not None:
         return kind in _OPENINFERENCE_OPERATIONS
-    return any(key in attributes for key in (*REQUEST_MODEL, *RESPONSE_MODEL, "llm.request.type"))
+    return not _LLM_NAMES.isdisjoint(attributes)
 
 
 class _Taker:
-    """Takes fields out of a span's attributes; what is left becomes ``event.attributes``."""
+    """Takes fields out of a span's attributes; what is left becomes ``event.attributes``.
+
+    A span has a few dozen attributes and the alias tables ~60 names, most of them absent from
+    any one span: ``take`` only looks at the aliases ``_Names`` found in the span.
+    """
+
+    __slots__ = ("_aliases", "left", "names")
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.left = dict(attributes)
+        self.names = names = _names_of(attributes)
+        self._aliases = names.aliases
 
-    def take(self, keys: Iterable[str], convert: Callable[[Any], Any] = lambda v: v) -> Any:
-        left = self.left
-        present = [key for key in keys if key in left]
-        if not present:
+    def take(self, keys: tuple[str, ...], convert: Callable[[Any], Any] = lambda v: v) -> Any:
+        """The first usable value of the aliases ``keys``, one of ``ALIAS_TABLES``.
+
+        Each table is taken at most once per span: as no name is in two tables, the aliases
+        ``_Names`` found are then all still in ``left``.
+        """
+        present = self._aliases.get(keys[0])  # cheaper to hash than the whole table
+        if present is None:
             return None
+        left = self.left
         if len(present) == 1:  # the common case: one name, no alias to compare
             key = present[0]
             value = convert(left[key])
@@ -196,16 +314,18 @@ class _Taker:
                 return None  # unusable: the raw value stays in attributes
             del left[key]
             return value
+        # The conversions are pure and total: converting every alias, each once, changes nothing.
+        taken = []
         chosen: Any = None
-        found = [(key, left.pop(key)) for key in present]
-        for _, raw in found:
+        for key in present:
+            raw = left.pop(key)
             value = convert(raw)
-            if value is not None and value != "":
+            taken.append((key, raw, value))
+            if chosen is None and value is not None and value != "":
                 chosen = value
-                break
-        for key, raw in found:
+        for key, raw, value in taken:
             # An alias that says something else than the chosen value stays visible.
-            if raw is not None and str(raw) != str(chosen) and convert(raw) != chosen:
+            if raw is not None and value != chosen and str(raw) != str(chosen):
                 left[key] = raw
         return chosen
 
@@ -216,7 +336,7 @@ def _text(value: Any) -> str | None:
 
 def _token(value: Any) -> str | None:
     """A provider name as a semconv-style token: ``Google AI Studio`` -> ``google_ai_studio``."""
-    text = _text(value)
+    text = value if isinstance(value, str) else _text(value)  # most are: one call less
     return _tokenized(text) if text else None
 
 
@@ -225,17 +345,44 @@ def _tokenized(text: str) -> str | None:
     return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None
 
 
+def _count(value: Any) -> int | None:
+    """``as_int``, with no call for what already is an int: typed OTLP values mostly are."""
+    return value if type(value) is int else as_int(value)
+
+
+def _number(value: Any) -> float | None:
+    """``as_float``, with no call for what already is a float (``as_float`` returns it as is)."""
+    return value if type(value) is float else as_float(value)
+
+
+def _finish_reasons(value: Any) -> list[str] | None:
+    """``as_str_list``, with short strings converted once: senders repeat a few spellings
+    (``'["stop"]'``, ``"stop"``) and decoding them is one of the dearest takes. Each call
+    still gets its own list: events must not share one."""
+    if isinstance(value, str) and len(value) <= _CACHED_TEXT_MAX:
+        reasons = _finish_reasons_of_text(value)
+        return None if reasons is None else list(reasons)
+    return as_str_list(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _finish_reasons_of_text(text: str) -> tuple[str, ...] | None:
+    reasons = as_str_list(text)
+    return None if reasons is None else tuple(reasons)
+
+
 def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
     attrs = _Taker(span.attributes)
     resource = span.resource
     service = resource.get("service.name")
-    is_openrouter = service == "openrouter" or any(
-        k.startswith(("openrouter.", "trace.metadata.openrouter.")) for k in attrs.left
-    )
+    is_openrouter = service == "openrouter" or attrs.names.openrouter
     gateway = (
         "openrouter" if is_openrouter else (service if service in KNOWN_GATEWAYS else "unknown")
     )
-    test = any(attrs.left.get(key) == value for key, value in _TEST_MARKERS)
+    test = (
+        attrs.left.get("source") == "observability-test-button"
+        or attrs.left.get("span.metadata.test") == "true"
+    )
 
     if span.start_ns == 0 and span.end_ns == 0:
         raise SpanError("span has neither startTimeUnixNano nor endTimeUnixNano")
@@ -255,7 +402,7 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
     event["start_time"] = rfc3339_ns(start_ns)
     event["end_time"] = rfc3339_ns(end_ns)
     event["duration_ms"] = (end_ns - start_ns) / 1e6
-    ttft = attrs.take(TTFT_SECONDS, as_float)
+    ttft = attrs.take(TTFT_SECONDS, _number)
     if ttft is not None and ttft >= 0:
         event["ttft_ms"] = ttft * 1000
 
@@ -266,11 +413,7 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
     upstream = attrs.take(UPSTREAM, _token) or (provider if is_openrouter else None)
     if upstream:
         event["upstream"] = upstream
-    model_fields: tuple[tuple[str, tuple[str, ...]], ...] = (
-        ("request_model", REQUEST_MODEL),
-        ("response_model", RESPONSE_MODEL),
-    )
-    for field, keys in model_fields:
+    for field, keys in _MODEL_FIELDS:
         model = attrs.take(keys, _text)
         if model:
             event[field] = model  # type: ignore[literal-required]
@@ -280,18 +423,18 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
 
     usage: dict[str, int] = {}
     for field, keys in USAGE:
-        count = attrs.take(keys, as_int)
+        count = attrs.take(keys, _count)
         if count is not None and count >= 0:
             usage[field] = count
     event["usage"] = finish_usage(usage)  # type: ignore[typeddict-item]
     cost: dict[str, Any] = {}
     for field, keys in COST:
-        amount = attrs.take(keys, as_float)
+        amount = attrs.take(keys, _number)
         if amount is not None:
             cost[field] = amount
     event["cost"] = {**cost, "currency": "USD", "source": "gateway" if cost else "unknown"}  # type: ignore[typeddict-item]
 
-    error_type = attrs.take(("error.type",), _text)
+    error_type = attrs.take(ERROR_TYPE, _text)
     if span.status_code == STATUS_ERROR or error_type:
         event["status"] = "error"
         exception = span.exception or {}
@@ -301,13 +444,13 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
         message = span.status_message or _text(exception.get("exception.message"))
         if message:
             error["message"] = message
-        http_status = attrs.take(("http.response.status_code", "http.status_code"), as_int)
+        http_status = attrs.take(HTTP_STATUS, _count)
         if http_status is not None and 100 <= http_status <= 599:
             error["http_status"] = http_status
         event["error"] = error  # type: ignore[typeddict-item]
     else:
         event["status"] = "ok"
-    reasons = attrs.take(FINISH_REASONS, as_str_list)
+    reasons = attrs.take(FINISH_REASONS, _finish_reasons)
     if reasons:
         event["finish_reasons"] = reasons
 
@@ -323,7 +466,7 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
 
     _take_content(attrs, event)
     attributes = attrs.left
-    for key, convert in TYPED_PARAMETERS.items():
+    for key, convert in attrs.names.typed:
         if isinstance(attributes.get(key), str):
             typed = convert(attributes[key])
             if typed is not None:
@@ -339,10 +482,10 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
 
 
 def _operation(attrs: _Taker) -> str:
-    operation = attrs.take(("gen_ai.operation.name",), _text)
+    operation = attrs.take(OPERATION, _text)
     if operation:
         return str(operation)
-    request_type = attrs.take(("llm.request.type",), _text)
+    request_type = attrs.take(REQUEST_TYPE, _text)
     if request_type:
         return _LLM_REQUEST_TYPES.get(str(request_type), str(request_type))
     kind = attrs.left.get("openinference.span.kind")
@@ -351,7 +494,7 @@ def _operation(attrs: _Taker) -> str:
 
 def _take_content(attrs: _Taker, event: LLMEvent) -> None:
     left = attrs.left
-    indexed = _indexed_messages(left)
+    indexed = _indexed_messages(left, attrs.names.indexed)
     inputs: list[Message] = []
     outputs: list[Message] = []
     reasons: list[str] = []
@@ -377,7 +520,7 @@ def _take_content(attrs: _Taker, event: LLMEvent) -> None:
         inputs.extend(chat_messages(prompt))
     elif isinstance(prompt, str) and prompt:
         inputs.append({"role": "user", "parts": [{"type": "text", "content": prompt}]})
-    inputs.extend(indexed.get("input", []))
+    inputs.extend(indexed.get("input", ()))
 
     raw_completion = left.get("gen_ai.output.messages") or left.get("gen_ai.completion")
     completion = maybe_json(
@@ -393,7 +536,7 @@ def _take_content(attrs: _Taker, event: LLMEvent) -> None:
         outputs = chat_messages(completion)
     elif isinstance(completion, str) and completion:
         outputs = [{"role": "assistant", "parts": [{"type": "text", "content": completion}]}]
-    outputs.extend(indexed.get("output", []))
+    outputs.extend(indexed.get("output", ()))
 
     if not inputs and isinstance(left.get("input.value"), str):
         inputs = [{"role": "user", "parts": [{"type": "text", "content": left.pop("input.value")}]}]
@@ -416,16 +559,18 @@ def _take_content(attrs: _Taker, event: LLMEvent) -> None:
         event["finish_reasons"] = reasons
 
 
-def _indexed_messages(left: dict[str, Any]) -> dict[str, list[Message]]:
-    """OpenLLMetry ``gen_ai.prompt.0.role`` and OpenInference ``llm.input_messages.0.message.*``."""
+def _indexed_messages(
+    left: dict[str, Any], indexed: tuple[tuple[str, str, int, str], ...]
+) -> dict[str, list[Message]]:
+    """OpenLLMetry ``gen_ai.prompt.0.role`` and OpenInference ``llm.input_messages.0.message.*``.
+
+    ``indexed`` lists those names, as ``_Names.indexed`` parsed them, in the order of ``left``.
+    """
+    if not indexed:
+        return {}
     found: dict[tuple[str, int], dict[str, Any]] = {}
-    for key in [k for k in left if _INDEXED.match(k)]:
-        match = _INDEXED.match(key)
-        assert match is not None
-        prefix, index, field = match.groups()
-        side = "input" if prefix in ("gen_ai.prompt", "llm.input_messages") else "output"
-        field = field.removeprefix("message.")
-        found.setdefault((side, int(index)), {})[field] = left.pop(key)
+    for key, side, index, field in indexed:
+        found.setdefault((side, index), {})[field] = left.pop(key)
     messages: dict[str, list[Message]] = {}
     for (side, _), fields in sorted(found.items()):
         role = str(fields.pop("role", "assistant" if side == "output" else "user"))

@@ -11,7 +11,7 @@ import base64
 import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -46,27 +46,44 @@ class FlatSpan:
 # -- protobuf ------------------------------------------------------------------------------------
 
 
+_PB_SCALARS: Final = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
 def _pb_value(value: AnyValue) -> Any:
+    # Most values are non-empty strings. A oneof member that reads non-empty is the one set, so
+    # such a value needs no WhichOneof call.
+    text = value.string_value
+    if text:
+        return text
     kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "bool_value":
-        return value.bool_value
+    if kind in _PB_SCALARS:
+        return getattr(value, kind)
+    return _pb_compound(value, kind)
+
+
+def _pb_compound(value: AnyValue, kind: str | None) -> Any:
     if kind == "array_value":
         return [_pb_value(item) for item in value.array_value.values]
     if kind == "kvlist_value":
-        return {item.key: _pb_value(item.value) for item in value.kvlist_value.values}
+        return _pb_attrs(value.kvlist_value.values)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode()
     return None
 
 
 def _pb_attrs(attributes: Any) -> dict[str, Any]:
-    return {kv.key: _pb_value(kv.value) for kv in attributes}
+    result: dict[str, Any] = {}
+    for kv in attributes:
+        # _pb_value inlined but for arrays and maps: a call per attribute is a good part of the
+        # walk, and spans can have dozens of attributes.
+        value = kv.value
+        text = value.string_value
+        if text:
+            result[kv.key] = text
+            continue
+        kind = value.WhichOneof("value")
+        result[kv.key] = getattr(value, kind) if kind in _PB_SCALARS else _pb_compound(value, kind)
+    return result
 
 
 def walk_proto(body: bytes) -> Iterator[FlatSpan | SpanError]:
@@ -78,32 +95,48 @@ def walk_proto(body: bytes) -> Iterator[FlatSpan | SpanError]:
         resource = _pb_attrs(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                if len(span.trace_id) != 16 or len(span.span_id) != 8:
-                    yield SpanError(
-                        f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes"
-                    )
-                    continue
-                exception = None
-                for event in span.events:
-                    if event.name == "exception":
-                        exception = _pb_attrs(event.attributes)
-                yield FlatSpan(
-                    trace_id=span.trace_id.hex(),
-                    span_id=span.span_id.hex(),
-                    parent_span_id=span.parent_span_id.hex() if span.parent_span_id else None,
-                    name=span.name,
-                    kind=span.kind,
-                    start_ns=span.start_time_unix_nano,
-                    end_ns=span.end_time_unix_nano,
-                    status_code=span.status.code,
-                    status_message=span.status.message,
-                    attributes=_pb_attrs(span.attributes),
-                    resource=resource,
-                    exception=exception,
-                )
+                yield _pb_span(span, resource)
+
+
+def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
+    # Each field read builds a new Python object from the message: read each one once.
+    trace_id = span.trace_id
+    span_id = span.span_id
+    if len(trace_id) != 16 or len(span_id) != 8:
+        return SpanError(f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes")
+    parent = span.parent_span_id
+    status = span.status
+    exception = None
+    for event in span.events:
+        if event.name == "exception":
+            exception = _pb_attrs(event.attributes)
+    return FlatSpan(
+        trace_id=trace_id.hex(),
+        span_id=span_id.hex(),
+        parent_span_id=parent.hex() if parent else None,
+        name=span.name,
+        kind=span.kind,
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano,
+        status_code=status.code,
+        status_message=status.message,
+        attributes=_pb_attrs(span.attributes),
+        resource=resource,
+        exception=exception,
+    )
 
 
 # -- OTLP JSON -----------------------------------------------------------------------------------
+
+
+def _json_int(value: Any) -> int | None:
+    """``as_int``, straight to ``int()`` for a string: OTLP JSON spells 64-bit integers so."""
+    if type(value) is str:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    return as_int(value)
 
 
 def _json_value(value: Any) -> Any:
@@ -113,9 +146,9 @@ def _json_value(value: Any) -> Any:
         if key == "stringValue" or key == "boolValue":
             return item
         if key == "intValue":
-            return as_int(item)
+            return _json_int(item)
         if key == "doubleValue":
-            return float(item) if isinstance(item, int | float | str) else None
+            return float(item) if isinstance(item, (int, float, str)) else None
         if key == "arrayValue":
             return [_json_value(v) for v in (item or {}).get("values") or ()]
         if key == "kvlistValue":
@@ -132,8 +165,18 @@ def _json_attrs(attributes: Any) -> dict[str, Any]:
         raise SpanError("attributes must be a list of {key, value}")
     result: dict[str, Any] = {}
     for kv in attributes:
-        if isinstance(kv, dict) and isinstance(kv.get("key"), str):
-            result[kv["key"]] = _json_value(kv.get("value"))
+        try:
+            key = kv["key"]
+        except (KeyError, TypeError):  # no key, or not an object: not an attribute
+            continue
+        if not isinstance(key, str):
+            continue
+        value = kv.get("value")
+        # Nearly every value is {"stringValue": ...}: read it here, not through a call per value.
+        if isinstance(value, dict) and len(value) == 1 and "stringValue" in value:
+            result[key] = value["stringValue"]
+        else:
+            result[key] = _json_value(value)
     return result
 
 
@@ -160,7 +203,7 @@ def _json_id(value: Any, size: int, what: str, notes: dict[str, Any]) -> str:
 
 
 def _json_time(value: Any, what: str) -> int:
-    number = as_int(value) if value is not None else 0
+    number = _json_int(value) if value is not None else 0
     if number is None or number < 0:
         raise SpanError(f"{what} is not a nanosecond timestamp: {value!r}")
     return number
@@ -168,7 +211,8 @@ def _json_time(value: Any, what: str) -> int:
 
 def walk_json(body: bytes) -> Iterator[FlatSpan | SpanError]:
     try:
-        document = orjson.loads(body) if body.strip() else {}
+        # Not body.strip(), which copies the whole body to tell whether there is anything.
+        document = orjson.loads(body) if body and not body.isspace() else {}
     except orjson.JSONDecodeError as error:
         raise InputError(f"invalid OTLP JSON: {error}") from None
     if not isinstance(document, dict):
@@ -204,6 +248,8 @@ _STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR
 
 def _enum(value: Any, names: dict[str, int]) -> int:
     """OTLP JSON enums are integers, but some senders spell them by name."""
+    if type(value) is int:  # the usual case, what as_int would return
+        return value
     if isinstance(value, str) and value in names:
         return names[value]
     return as_int(value) or 0

@@ -24,6 +24,7 @@ from receiver.normalizers.base import IngestContext, InputError, Normalized, Nor
 from receiver.normalizers.common import now
 from receiver.processors import process
 from receiver.relay import Relay
+from schemas import LLMEvent
 from sinks.spool import SpoolFullError
 
 log = structlog.get_logger("relay.ingest")
@@ -69,8 +70,9 @@ async def _accept(request: web.Request, route: Route) -> Normalized:
         raise Refused(400, str(error)) from None
     if result.events:
         process(result.events, tenant if isinstance(tenant, str) else None, relay.config.content)
+        bodies = _encoded(result)
         try:
-            await relay.spool.append([orjson.dumps(e) for e in result.events], result.events)
+            await relay.spool.append(bodies, result.events)
         except SpoolFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
         relay.metrics.observe_events(result.events)
@@ -85,6 +87,26 @@ async def _accept(request: web.Request, route: Route) -> Normalized:
             first=f"{result.rejected[0].item}: {result.rejected[0].reason}",
         )
     return result
+
+
+def _encoded(result: Normalized) -> list[bytes]:
+    """The events as spooled. One that JSON cannot hold (a value a normalizer let through, such
+    as an integer beyond 64 bits) is refused alone rather than failing the whole request."""
+    try:
+        return [orjson.dumps(event) for event in result.events]
+    except orjson.JSONEncodeError:
+        pass
+    kept: list[LLMEvent] = []
+    bodies: list[bytes] = []
+    for event in result.events:
+        try:
+            bodies.append(orjson.dumps(event))
+        except orjson.JSONEncodeError as error:
+            result.reject(f"event {event.get('event_id')}", f"cannot be stored as JSON: {error}")
+            continue
+        kept.append(event)
+    result.events = kept
+    return bodies
 
 
 def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -54,36 +55,51 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 
 def as_int(value: Any) -> int | None:
-    """An integer from an int, a float or a numeric string (senders send all three)."""
+    """An integer from an int, a float or a numeric string (senders send all three); None for
+    what no 64-bit field holds (NaN, infinity, 30 digits), which no count or status is."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value == value else None  # NaN is not a count
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        number = int(value)
+    elif isinstance(value, str):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             try:
-                number = float(value)
+                real = float(value)
             except ValueError:
                 return None
-            return int(number) if number == number else None
-    return None
+            if not math.isfinite(real):
+                return None
+            number = int(real)
+    else:
+        return None
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 
 
 def as_float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
+        return number if math.isfinite(number) else None
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             return None
-        return number if number == number else None
+        return number if math.isfinite(number) else None
     return None
 
 

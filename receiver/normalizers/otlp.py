@@ -12,6 +12,7 @@ dropped silently. Spans that are not LLM calls (tools, agents, HTTP) are skipped
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -264,17 +265,14 @@ def _normalize(spans: Iterator[FlatSpan | SpanError], ctx: IngestContext, fmt: s
         if not is_llm_span(span.attributes):
             result.skipped["not_llm"] += 1
             continue
-        try:
-            result.events.append(span_event(span, ctx, fmt))
-        except SpanError as error:
-            result.reject(f"span {span.trace_id}/{span.span_id}", str(error))
+        result.attempt(f"span {span.trace_id}/{span.span_id}", span_event, span, ctx, fmt)
     return result
 
 
 def is_llm_span(attributes: dict[str, Any]) -> bool:
     operation = attributes.get("gen_ai.operation.name")
     if operation is not None:
-        return operation in LLM_OPERATIONS
+        return isinstance(operation, str) and operation in LLM_OPERATIONS
     if attributes.get("span.type") in ("generation", "llm"):
         return True
     kind = attributes.get("openinference.span.kind")
@@ -351,8 +349,8 @@ def _count(value: Any) -> int | None:
 
 
 def _number(value: Any) -> float | None:
-    """``as_float``, with no call for what already is a float (``as_float`` returns it as is)."""
-    return value if type(value) is float else as_float(value)
+    """``as_float``, with no call for what already is a finite float."""
+    return value if type(value) is float and math.isfinite(value) else as_float(value)
 
 
 def _finish_reasons(value: Any) -> list[str] | None:

@@ -18,11 +18,14 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from receiver.normalizers.base import InputError
-from receiver.normalizers.common import as_int, stable_id
+from receiver.normalizers.base import InputError, UnusableItem
+from receiver.normalizers.common import as_float, as_int, stable_id
+
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
 
 
-class SpanError(ValueError):
+class SpanError(UnusableItem):
     """One span cannot be used; the rest of the request still is."""
 
 
@@ -129,13 +132,17 @@ def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
 # -- OTLP JSON -----------------------------------------------------------------------------------
 
 
-def _json_int(value: Any) -> int | None:
-    """``as_int``, straight to ``int()`` for a string: OTLP JSON spells 64-bit integers so."""
+def _json_int(value: Any) -> int | str | None:
+    """``as_int``, straight to ``int()`` for a string: OTLP JSON spells 64-bit integers so.
+
+    Digits beyond int64 are no OTLP integer: they are kept as the text they came as.
+    """
     if type(value) is str:
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            pass
+            return as_int(value)
+        return number if _INT64_MIN <= number <= _INT64_MAX else value
     return as_int(value)
 
 
@@ -148,7 +155,7 @@ def _json_value(value: Any) -> Any:
         if key == "intValue":
             return _json_int(item)
         if key == "doubleValue":
-            return float(item) if isinstance(item, (int, float, str)) else None
+            return as_float(item)
         if key == "arrayValue":
             return [_json_value(v) for v in (item or {}).get("values") or ()]
         if key == "kvlistValue":
@@ -204,7 +211,7 @@ def _json_id(value: Any, size: int, what: str, notes: dict[str, Any]) -> str:
 
 def _json_time(value: Any, what: str) -> int:
     number = _json_int(value) if value is not None else 0
-    if number is None or number < 0:
+    if not isinstance(number, int) or number < 0:
         raise SpanError(f"{what} is not a nanosecond timestamp: {value!r}")
     return number
 

@@ -206,3 +206,49 @@ def test_valid_token_tags_events_with_its_tenant_and_never_logs_it(relay: RelayP
 def test_health_metrics_and_status_stay_open_without_a_token(relay: RelayProcess) -> None:
     for path in ("/livez", "/readyz", "/metrics", "/v1/status"):
         assert relay.request("GET", path).status == 200, path
+
+
+def otlp_json_span(trace_id: str, attributes: list[dict[str, object]]) -> bytes:
+    span = {
+        "traceId": trace_id,
+        "spanId": os.urandom(8).hex(),
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+        "attributes": attributes,
+    }
+    return orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("gen_ai.usage.input_tokens", {"doubleValue": "inf"}),
+        ("gen_ai.usage.input_tokens", {"stringValue": "1e400"}),
+        ("gen_ai.usage.input_tokens", {"stringValue": "1" * 30}),
+        ("gen_ai.usage.cost", {"intValue": "1" + "0" * 400}),
+        ("gen_ai.request.temperature", {"doubleValue": "not a number"}),
+    ],
+)
+def test_absurd_numbers_are_left_out_not_a_server_error(
+    relay: RelayProcess, attribute: str, value: dict[str, object]
+) -> None:
+    trace_id = os.urandom(16).hex()
+    model = {"key": "gen_ai.request.model", "value": {"stringValue": "m"}}
+    body = otlp_json_span(trace_id, [model, {"key": attribute, "value": value}])
+    response = relay.request("POST", "/v1/traces", body, JSON)
+    assert response.status == 200, response.data
+    assert orjson.loads(response.data) == {}  # no partial success: the span was taken
+
+    from tests.helpers.waiting import wait_until
+
+    (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
+    assert "input_tokens" not in event["usage"]
+    assert "total" not in event["cost"]
+    assert event["attributes"].get("gen_ai.request.temperature") is None
+
+
+def test_an_operation_name_that_is_not_text_skips_the_span(relay: RelayProcess) -> None:
+    operation = {"key": "gen_ai.operation.name", "value": {"arrayValue": {"values": []}}}
+    body = otlp_json_span(os.urandom(16).hex(), [operation])
+    response = relay.request("POST", "/v1/traces", body, JSON)
+    assert response.status == 200, response.data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import orjson
 import psutil
@@ -208,7 +208,7 @@ def test_health_metrics_and_status_stay_open_without_a_token(relay: RelayProcess
         assert relay.request("GET", path).status == 200, path
 
 
-def otlp_json_span(trace_id: str, attributes: list[dict[str, object]]) -> bytes:
+def otlp_json_span(trace_id: str, attributes: Sequence[Mapping[str, object]]) -> bytes:
     span = {
         "traceId": trace_id,
         "spanId": os.urandom(8).hex(),

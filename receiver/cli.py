@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import gzip
 import multiprocessing
 import os
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -31,6 +32,8 @@ from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
 
 log = structlog.get_logger("relay")
+# Allocations between two young-generation collections (CPython's default: 700).
+GC_THRESHOLD: Final = 50_000
 
 
 def _install_uvloop() -> None:
@@ -65,8 +68,23 @@ async def _serve(config: RelayConfig, worker: int) -> None:
     await runner.cleanup()
 
 
+def _tune_gc() -> None:
+    """Fewer cyclic garbage collections, each scanning less.
+
+    Events are plain dicts and lists freed by reference counting; the cycle collector only finds
+    the odd cycle in the HTTP machinery. At its default threshold (700 allocations) it still runs
+    thousands of times a second under load and scans the spool's in-memory tail each time: with
+    the sinks behind, a tenth of the relay's CPU in `make bench` (0.255 -> 0.221 CPU s per 1,000
+    protobuf spans). Everything start-up allocated is frozen out of the scans; the 5-minute soak
+    in BENCHMARKS.md shows memory stays flat.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
+
+
 def _run_worker(config: RelayConfig, worker: int) -> None:
     configure_logging(config.log_level)
+    _tune_gc()
     _install_uvloop()
     asyncio.run(_serve(config, worker))
 

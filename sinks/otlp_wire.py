@@ -116,12 +116,14 @@ class AttributeEncoder:
             if value is None:
                 continue
             # Short strings and numbers repeat; lists cannot be dictionary keys, long text is
-            # unique. The type is part of the key: 1, 1.0 and True are equal in Python, not on
-            # the wire.
+            # unique (and must not pin memory). The type is part of the key: 1, 1.0 and True are
+            # equal in Python, not on the wire.
             kind = type(value)
             if (
-                (kind is str and len(value) <= _MEMO_MAX_CHARS) or kind in _MEMO_NUMBERS
-            ) and key not in self._unique:
+                ((kind is str and len(value) <= _MEMO_MAX_CHARS) or kind in _MEMO_NUMBERS)
+                and len(key) <= _MEMO_MAX_CHARS
+                and key not in self._unique
+            ):
                 memo: tuple[str, type, Any] | None = (key, kind, value)
             else:
                 memo = None

@@ -335,12 +335,18 @@ def _text(value: Any) -> str | None:
 def _token(value: Any) -> str | None:
     """A provider name as a semconv-style token: ``Google AI Studio`` -> ``google_ai_studio``."""
     text = value if isinstance(value, str) else _text(value)  # most are: one call less
-    return _tokenized(text) if text else None
+    if not text:
+        return None
+    # A handful of names repeat: remembered, but only short ones, so that a sender cannot pin
+    # megabytes of odd names in the cache.
+    return _tokenized(text) if len(text) <= _CACHED_TEXT_MAX else _tokenize(text)
 
 
-@functools.lru_cache(maxsize=4096)
-def _tokenized(text: str) -> str | None:
+def _tokenize(text: str) -> str | None:
     return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None
+
+
+_tokenized = functools.lru_cache(maxsize=4096)(_tokenize)
 
 
 def _count(value: Any) -> int | None:

@@ -54,6 +54,10 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
 def as_int(value: Any) -> int | None:
     """An integer from an int, a float or a numeric string (senders send all three); None for
     what no 64-bit field holds (NaN, infinity, 30 digits), which no count or status is."""
@@ -78,11 +82,7 @@ def as_int(value: Any) -> int | None:
             number = int(real)
     else:
         return None
-    return number if _INT64_MIN <= number <= _INT64_MAX else None
-
-
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
+    return number if INT64_MIN <= number <= INT64_MAX else None
 
 
 def as_float(value: Any) -> float | None:

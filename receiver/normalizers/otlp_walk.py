@@ -19,10 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from receiver.normalizers.base import InputError, UnusableItem
-from receiver.normalizers.common import as_float, as_int, stable_id
-
-_INT64_MIN: Final = -(1 << 63)
-_INT64_MAX: Final = (1 << 63) - 1
+from receiver.normalizers.common import INT64_MAX, INT64_MIN, as_float, as_int, stable_id
 
 
 class SpanError(UnusableItem):
@@ -142,7 +139,7 @@ def _json_int(value: Any) -> int | str | None:
             number = int(value)
         except ValueError:
             return as_int(value)
-        return number if _INT64_MIN <= number <= _INT64_MAX else value
+        return number if INT64_MIN <= number <= INT64_MAX else value
     return as_int(value)
 
 

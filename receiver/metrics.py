@@ -8,7 +8,6 @@ show up as spend.
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 from pathlib import Path
@@ -222,16 +221,18 @@ class Metrics:
         Sums are gathered per label set first: a request's events mostly share their labels, and
         a ``labels()`` lookup costs more than the addition.
         """
-        received: collections.Counter[tuple[str, str]] = collections.Counter()
-        requests: collections.Counter[tuple[str, ...]] = collections.Counter()
-        errors: collections.Counter[tuple[str, ...]] = collections.Counter()
-        tokens: collections.Counter[tuple[str, ...]] = collections.Counter()
+        # Plain dicts: building a Counter costs more than a one-event request's additions.
+        received: dict[tuple[str, ...], int] = {}
+        requests: dict[tuple[str, ...], int] = {}
+        errors: dict[tuple[str, ...], int] = {}
+        tokens: dict[tuple[str, ...], int] = {}
         cost: dict[tuple[str, ...], float] = {}
         durations: dict[tuple[str, ...], list[float]] = {}
         ttfts: dict[tuple[str, ...], list[float]] = {}
         for event in events:
             source = event["source"]
-            received[source["format"], source["gateway"]] += 1
+            key: tuple[str, ...] = (source["format"], source["gateway"])
+            received[key] = received.get(key, 0) + 1
             if source.get("test"):
                 continue
             labels = (
@@ -241,14 +242,17 @@ class Metrics:
                 event.get("request_model") or event.get("response_model") or "unknown",
             )
             status = event.get("status", "ok")
-            requests[(*labels, status)] += 1
+            key = (*labels, status)
+            requests[key] = requests.get(key, 0) + 1
             if status == "error":
-                errors[(*labels, event.get("error", {}).get("type", "unknown"))] += 1
+                key = (*labels, event.get("error", {}).get("type", "unknown"))
+                errors[key] = errors.get(key, 0) + 1
             usage = event.get("usage", {})
             for field, kind in _TOKEN_FIELDS:
                 count = usage.get(field)
                 if isinstance(count, int) and count > 0:
-                    tokens[(*labels, kind)] += count
+                    key = (*labels, kind)
+                    tokens[key] = tokens.get(key, 0) + count
             total = event.get("cost", {}).get("total")
             if total:
                 cost[labels] = cost.get(labels, 0.0) + total

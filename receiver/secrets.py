@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
+
+from receiver.short_text_cache import remember_short
 
 # Keys whose values are credentials whatever the sender calls them.
 _SECRET_KEY = re.compile(
@@ -21,17 +22,9 @@ _SECRET_VALUE = re.compile(
 _NOT_SECRET = re.compile(r"(_name|\.name|_hash|\.hash|_id|\.id|_count|tokens?_?(limit|remaining))$")
 
 
+@remember_short(maxsize=8192, max_chars=256)  # keys repeat from event to event
 def is_secret_key(key: str) -> bool:
-    # Keys repeat from event to event: remembered, but only short ones, so that a sender cannot
-    # pin megabytes of odd keys in the cache.
-    return _is_secret_key_cached(key) if len(key) <= 256 else _is_secret_key(key)
-
-
-def _is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET.search(key)
-
-
-_is_secret_key_cached = functools.lru_cache(maxsize=8192)(_is_secret_key)
 
 
 def is_secret_value(value: Any) -> bool:

@@ -14,7 +14,6 @@ a marker, so the event is delivered rather than lost.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import re
@@ -25,6 +24,7 @@ from typing import Any, Final, Literal, TypeGuard
 import orjson
 
 from receiver import __version__
+from receiver.short_text_cache import remember_short
 from schemas import LLMEvent
 from schemas.times import unix_ns
 
@@ -433,31 +433,24 @@ def decimal_id(hex_id: str) -> str:
 
 def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool | None:
     """A metadata value: a string, a finite number or a boolean (all the intake takes)."""
-    kind = type(value)
-    if kind is str:  # the usual exact types first, one test each; the rest go the long way
-        if numeric_strings:  # numbers are short: a long text is not worth remembering
-            return _numeric_text(value) if len(value) <= 64 else _numeric_text_uncached(value)
+    if isinstance(value, str):  # the usual case, first
+        if numeric_strings:
+            return _numeric_text(value)
         return value[:VALUE_MAX_CHARS] if value else None
-    if kind is float:
-        return value if math.isfinite(value) else None
-    if kind is int:
-        return value if -(2**63) <= value < 2**64 else str(value)
-    if isinstance(value, str) and numeric_strings:
-        return _numeric_text_uncached(value)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)  # JSON encoders stop at 64 bits
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value[:VALUE_MAX_CHARS] if value else None
     if isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)[:VALUE_MAX_CHARS] or None
     return json_text(value)[:VALUE_MAX_CHARS]
 
 
-def _numeric_text_uncached(value: str) -> str | float | bool | None:
+# Remembered: a failed int() costs an exception, and parameter values repeat ("0.2").
+@remember_short(maxsize=1024)
+def _numeric_text(value: str) -> str | float | bool | None:
     """A request parameter sent as text: the number it spells, else the text itself."""
     for number_type in (int, float):
         try:
@@ -466,10 +459,6 @@ def _numeric_text_uncached(value: str) -> str | float | bool | None:
             continue
         return value if number is None or isinstance(number, str) else number
     return value[:VALUE_MAX_CHARS] if value else None
-
-
-# The same, remembered: a failed int() costs an exception, and parameter values repeat ("0.2").
-_numeric_text = functools.lru_cache(maxsize=1024)(_numeric_text_uncached)
 
 
 def json_text(value: Any) -> str:

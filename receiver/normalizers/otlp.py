@@ -11,7 +11,6 @@ dropped silently. Spans that are not LLM calls (tools, agents, HTTP) are skipped
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +32,7 @@ from receiver.normalizers.common import (
     stable_id,
 )
 from receiver.normalizers.otlp_walk import FlatSpan, SpanError, walk_json, walk_proto
+from receiver.short_text_cache import remember_short
 from schemas import LLMEvent, Message
 
 STATUS_ERROR: Final = 2
@@ -169,7 +169,6 @@ _MODEL_FIELDS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("request_model", REQUEST_MODEL),
     ("response_model", RESPONSE_MODEL),
 )
-_CACHED_TEXT_MAX: Final = 64  # characters of a value a converter may keep in its cache
 _OPENROUTER_PREFIXES: Final = ("openrouter.", "trace.metadata.openrouter.")
 _LLM_NAMES: Final = frozenset((*REQUEST_MODEL, *RESPONSE_MODEL, "llm.request.type"))
 
@@ -334,19 +333,13 @@ def _text(value: Any) -> str | None:
 
 def _token(value: Any) -> str | None:
     """A provider name as a semconv-style token: ``Google AI Studio`` -> ``google_ai_studio``."""
-    text = value if isinstance(value, str) else _text(value)  # most are: one call less
-    if not text:
-        return None
-    # A handful of names repeat: remembered, but only short ones, so that a sender cannot pin
-    # megabytes of odd names in the cache.
-    return _tokenized(text) if len(text) <= _CACHED_TEXT_MAX else _tokenize(text)
+    text = _text(value)
+    return _tokenized(text) if text else None
 
 
-def _tokenize(text: str) -> str | None:
+@remember_short(maxsize=4096)  # a handful of provider names repeat
+def _tokenized(text: str) -> str | None:
     return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None
-
-
-_tokenized = functools.lru_cache(maxsize=4096)(_tokenize)
 
 
 def _count(value: Any) -> int | None:
@@ -360,18 +353,16 @@ def _number(value: Any) -> float | None:
 
 
 def _finish_reasons(value: Any) -> list[str] | None:
-    """``as_str_list``, with short strings converted once: senders repeat a few spellings
-    (``'["stop"]'``, ``"stop"``) and decoding them is one of the dearest takes. Each call
-    still gets its own list: events must not share one."""
-    if isinstance(value, str) and len(value) <= _CACHED_TEXT_MAX:
-        reasons = _finish_reasons_of_text(value)
-        return None if reasons is None else list(reasons)
-    return as_str_list(value)
+    """``as_str_list``, each call with its own list: events must not share one."""
+    reasons = _finish_reasons_once(value)
+    return None if reasons is None else list(reasons)
 
 
-@functools.lru_cache(maxsize=1024)
-def _finish_reasons_of_text(text: str) -> tuple[str, ...] | None:
-    reasons = as_str_list(text)
+@remember_short(maxsize=1024)
+def _finish_reasons_once(value: Any) -> tuple[str, ...] | None:
+    # Senders repeat a few spellings ('["stop"]', "stop") and decoding them is one of the
+    # dearest takes: converted once each.
+    reasons = as_str_list(value)
     return None if reasons is None else tuple(reasons)
 
 

@@ -37,6 +37,7 @@ from receiver.normalizers.common import (
 )
 from receiver.normalizers.jsonitems import json_items
 from receiver.secrets import redact_text
+from receiver.short_text_cache import remember_short
 from schemas import LLMEvent
 from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
 
@@ -506,14 +507,8 @@ def _enrichment_keys(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return keys
 
 
-_cached_url_host = functools.lru_cache(maxsize=1024)(url_host)
-
-
-def _url_host(url: Any) -> str | None:
-    """``url_host``, remembered for short URLs: a provider's base URL is one of a handful."""
-    if isinstance(url, str) and len(url) <= _MAX_REMEMBERED:
-        return _cached_url_host(url)
-    return url_host(url)
+# A provider's base URL is one of a handful.
+_url_host = remember_short(maxsize=1024, max_chars=_MAX_REMEMBERED)(url_host)
 
 
 def _secret_values(

@@ -61,6 +61,8 @@ INT64_MAX = (1 << 63) - 1
 def as_int(value: Any) -> int | None:
     """An integer from an int, a float or a numeric string (senders send all three); None for
     what no 64-bit field holds (NaN, infinity, 30 digits), which no count or status is."""
+    if type(value) is int:  # typed OTLP values mostly are: one test
+        return value if INT64_MIN <= value <= INT64_MAX else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -86,6 +88,8 @@ def as_int(value: Any) -> int | None:
 
 
 def as_float(value: Any) -> float | None:
+    if type(value) is float:  # typed OTLP values mostly are: one test
+        return value if math.isfinite(value) else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -11,7 +11,6 @@ dropped silently. Spans that are not LLM calls (tools, agents, HTTP) are skipped
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -342,16 +341,6 @@ def _tokenized(text: str) -> str | None:
     return re.sub(r"[^a-z0-9.-]+", "_", text.strip().lower()).strip("_") or None
 
 
-def _count(value: Any) -> int | None:
-    """``as_int``, with no call for what already is an int: typed OTLP values mostly are."""
-    return value if type(value) is int else as_int(value)
-
-
-def _number(value: Any) -> float | None:
-    """``as_float``, with no call for what already is a finite float."""
-    return value if type(value) is float and math.isfinite(value) else as_float(value)
-
-
 def _finish_reasons(value: Any) -> list[str] | None:
     """``as_str_list``, each call with its own list: events must not share one."""
     reasons = _finish_reasons_once(value)
@@ -397,7 +386,7 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
     event["start_time"] = rfc3339_ns(start_ns)
     event["end_time"] = rfc3339_ns(end_ns)
     event["duration_ms"] = (end_ns - start_ns) / 1e6
-    ttft = attrs.take(TTFT_SECONDS, _number)
+    ttft = attrs.take(TTFT_SECONDS, as_float)
     if ttft is not None and ttft >= 0:
         event["ttft_ms"] = ttft * 1000
 
@@ -418,13 +407,13 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
 
     usage: dict[str, int] = {}
     for field, keys in USAGE:
-        count = attrs.take(keys, _count)
+        count = attrs.take(keys, as_int)
         if count is not None and count >= 0:
             usage[field] = count
     event["usage"] = finish_usage(usage)  # type: ignore[typeddict-item]
     cost: dict[str, Any] = {}
     for field, keys in COST:
-        amount = attrs.take(keys, _number)
+        amount = attrs.take(keys, as_float)
         if amount is not None:
             cost[field] = amount
     event["cost"] = {**cost, "currency": "USD", "source": "gateway" if cost else "unknown"}  # type: ignore[typeddict-item]
@@ -439,7 +428,7 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
         message = span.status_message or _text(exception.get("exception.message"))
         if message:
             error["message"] = message
-        http_status = attrs.take(HTTP_STATUS, _count)
+        http_status = attrs.take(HTTP_STATUS, as_int)
         if http_status is not None and 100 <= http_status <= 599:
             error["http_status"] = http_status
         event["error"] = error  # type: ignore[typeddict-item]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, overload, runtime_checkable
+
+import orjson
 
 from schemas import LLMEvent
 
@@ -78,6 +80,43 @@ class DispatchSettings:
     max_event_age: float | None = None
 
 
+class Batch(Sequence[LLMEvent]):
+    """The events of one send, each with its JSON as the spool holds it (``orjson.dumps``).
+
+    The dispatcher hands sinks a ``Batch``; a sink that writes events as JSON takes ``json``
+    rather than encoding every event again. Slices stay batches (the dispatcher splits them).
+    """
+
+    __slots__ = ("_events", "json")
+
+    def __init__(self, events: Sequence[LLMEvent], json: Sequence[bytes]) -> None:
+        if len(events) != len(json):
+            raise ValueError(f"{len(events)} events but {len(json)} JSON encodings")
+        self._events = events
+        self.json = json
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @overload
+    def __getitem__(self, index: int) -> LLMEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+
+    def __getitem__(self, index: int | slice) -> LLMEvent | Batch:
+        if isinstance(index, slice):
+            return Batch(self._events[index], self.json[index])
+        return self._events[index]
+
+
+def as_json(events: Sequence[LLMEvent]) -> Sequence[bytes]:
+    """Each event's JSON: the spooled bytes of a ``Batch``, else encoded now."""
+    if isinstance(events, Batch):
+        return events.json
+    return [orjson.dumps(event) for event in events]
+
+
 @runtime_checkable
 class Sink(Protocol):
     """What the dispatcher needs of a destination."""
@@ -90,7 +129,8 @@ class Sink(Protocol):
     async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
         """Deliver one batch or raise a ``SinkError`` saying why not.
 
-        The events are shared with the other sinks: read them, never modify them.
+        The events are shared with the other sinks: read them, never modify them. From the
+        dispatcher they come as a ``Batch`` (``as_json`` gives their JSON without re-encoding).
         """
 
     async def probe(self) -> ProbeResult:

@@ -30,8 +30,8 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from receiver.metrics import Metrics
-from schemas import LLMEvent
 from sinks.base import (
+    Batch,
     DispatchSettings,
     PayloadTooLargeError,
     PermanentError,
@@ -150,26 +150,26 @@ class Dispatcher:
     # -- delivery --------------------------------------------------------------------------------
 
     async def _deliver(self, records: Sequence[Record]) -> None:
-        events: list[LLMEvent] = [
-            r.event if r.event is not None else orjson.loads(r.body) for r in records
-        ]
+        oldest = min(r.received for r in records)
+        events = [r.event if r.event is not None else orjson.loads(r.body) for r in records]
+        encoded = [r.body for r in records]
         max_age = self.settings.max_event_age
         if max_age is not None:
             # Peers judge age by when the call happened, not when the relay received it
             # (a replay of old events is still too old).
             # RFC 3339 UTC times compare as text: no parsing per event.
             cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - max_age))
-            fresh = [e for e in events if (e.get("start_time") or "~")[:19] >= cutoff]
+            fresh = [i for i, e in enumerate(events) if (e.get("start_time") or "~")[:19] >= cutoff]
             if len(fresh) < len(events):
                 dropped = len(events) - len(fresh)
                 self.metrics.sink_dropped.labels(self.name, "too_old").inc(dropped)
                 self.status.dropped += dropped
                 log.warning("events_dropped", sink=self.name, reason="too_old", count=dropped)
-            events = fresh
+                events, encoded = [events[i] for i in fresh], [encoded[i] for i in fresh]
         if events:
-            await self._send_resolving(events, min(r.received for r in records))
+            await self._send_resolving(Batch(events, encoded), oldest)
 
-    async def _send_resolving(self, events: list[LLMEvent], oldest: float) -> None:
+    async def _send_resolving(self, events: Batch, oldest: float) -> None:
         """Send until every event is delivered or dead-lettered."""
         try:
             await self._send_with_retries(events, oldest)
@@ -184,7 +184,7 @@ class Dispatcher:
             await self._dead_letter(events, "retries_exhausted", error)
 
     async def _split_or_dead_letter(
-        self, events: list[LLMEvent], oldest: float, reason: str, error: SinkError
+        self, events: Batch, oldest: float, reason: str, error: SinkError
     ) -> None:
         if len(events) == 1:
             await self._dead_letter(events, reason, error)
@@ -193,7 +193,7 @@ class Dispatcher:
         await self._send_resolving(events[:middle], oldest)
         await self._send_resolving(events[middle:], oldest)
 
-    async def _send_with_retries(self, events: list[LLMEvent], oldest: float) -> None:
+    async def _send_with_retries(self, events: Batch, oldest: float) -> None:
         deadline = oldest + self.settings.max_retry_time
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
@@ -207,7 +207,7 @@ class Dispatcher:
             with attempt:
                 await self._attempt(events)
 
-    async def _attempt(self, events: list[LLMEvent]) -> None:
+    async def _attempt(self, events: Batch) -> None:
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(self.sink.send(events), self.settings.timeout)
@@ -264,7 +264,7 @@ class Dispatcher:
         self.status.last_error_at = time.time()
         self.metrics.sink_failures.labels(self.name, reason).inc()
 
-    async def _dead_letter(self, events: list[LLMEvent], reason: str, error: SinkError) -> None:
+    async def _dead_letter(self, events: Batch, reason: str, error: SinkError) -> None:
         await self.dead_letters.write(self.name, events, reason, str(error))
         self.status.dead_lettered += len(events)
         self.metrics.sink_dead_lettered.labels(self.name, reason).inc(len(events))

@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
-import orjson
 import zstandard
 
 from receiver.settings import EnvReader
 from schemas import LLMEvent
-from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult
+from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult, as_json
 from sinks.registry import SinkSpec
 
 Compression = Literal["none", "gzip", "zstd"]
@@ -85,7 +84,8 @@ class FileSink:
     async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
         await self.start()
         assert self._executor is not None
-        data = b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
+        lines = as_json(events)
+        data = b"\n".join(lines) + b"\n" if lines else b""
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._write, data)

@@ -55,37 +55,68 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; cells are used as given."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def scenarios_table(results: list[dict[str, Any]]) -> str:
-    head = (
-        "| scenario | target | accepted ev/s | delivered ev/s (all sinks) | p50 ack ms | p99 ack ms"
-        " | peak RSS MiB | CPU s / 1k ev | server CPU |"
-    )
-    rows = [head, "|" + "---|" * 9]
+    header = [
+        "scenario",
+        "target",
+        "accepted ev/s",
+        "delivered ev/s (all sinks)",
+        "p50 ack ms",
+        "p99 ack ms",
+        "peak RSS MiB",
+        "CPU s / 1k ev",
+        "server CPU",
+    ]
+    rows = []
     for result in results:
         relay, null, ratio = result["relay"], result["null"], result["ratios"]
         name = f"{result['scenario']} ({result['events_per_request']} ev/req)"
         for label, row in (("relay", relay), ("null receiver", null)):
+            delivered = _n(row.get("delivered_eps")) if label == "relay" else "n/a"
             rows.append(
-                f"| {name} | {label} | {_n(row['accepted_eps'])} | "
-                f"{_n(row.get('delivered_eps')) if label == 'relay' else 'n/a'} | "
-                f"{_n(row['p50_ms'], 1)} | {_n(row['p99_ms'], 1)} | {_n(row['peak_rss_mb'], 1)} | "
-                f"{_n(row['cpu_s_per_1k_events'], 3)} | {_n(row['server_cpu_util'] * 100)}% |"
+                [
+                    name,
+                    label,
+                    _n(row["accepted_eps"]),
+                    delivered,
+                    _n(row["p50_ms"], 1),
+                    _n(row["p99_ms"], 1),
+                    _n(row["peak_rss_mb"], 1),
+                    _n(row["cpu_s_per_1k_events"], 3),
+                    f"{_n(row['server_cpu_util'] * 100)}%",
+                ]
             )
             name = ""
-        rows.append(
-            f"| | relay / null | {_ratio(ratio['accepted_eps'])} | {_ratio(ratio['delivered_eps'])}"
-            f" | {_ratio(ratio['p50_ms'])} | {_ratio(ratio['p99_ms'])} |"
-            f" {_ratio(ratio['peak_rss_mb'])} | {_ratio(ratio['cpu_s_per_1k_events'])} | |"
+        keys = (
+            "accepted_eps",
+            "delivered_eps",
+            "p50_ms",
+            "p99_ms",
+            "peak_rss_mb",
+            "cpu_s_per_1k_events",
         )
-    return "\n".join(rows)
+        rows.append(["", "relay / null", *(_ratio(ratio[k]) for k in keys), ""])
+    return _table(header, rows)
 
 
 def details_table(results: list[dict[str, Any]]) -> str:
-    head = (
-        "| scenario | requests/s relay / null | relay errors | accepted events | caught up after"
-        " (s): file / tempo / datadog | load s | load generator CPU relay / null |"
-    )
-    rows = [head, "|" + "---|" * 7]
+    header = [
+        "scenario",
+        "requests/s relay / null",
+        "relay errors",
+        "accepted events",
+        "caught up after (s): file / tempo / datadog",
+        "load s",
+        "load generator CPU relay / null",
+    ]
+    rows = []
     for result in results:
         relay, null = result["relay"], result["null"]
         delivered = relay["delivered"]
@@ -94,10 +125,17 @@ def details_table(results: list[dict[str, Any]]) -> str:
         rate = " / ".join(_n(r["requests_ok"] / r["load_seconds"]) for r in (relay, null))
         cpu = " / ".join(f"{_n(r['loadgen_cpu_util'] * 100)}%" for r in (relay, null))
         rows.append(
-            f"| {result['scenario']} | {rate} | {errors} | {_n(relay['accepted_events'])} |"
-            f" {caught} | {relay['load_seconds']:.1f} | {cpu} |"
+            [
+                result["scenario"],
+                rate,
+                errors,
+                _n(relay["accepted_events"]),
+                caught,
+                f"{relay['load_seconds']:.1f}",
+                cpu,
+            ]
         )
-    return "\n".join(rows)
+    return _table(header, rows)
 
 
 def targets(results: list[dict[str, Any]], soak: dict[str, Any] | None) -> list[str]:
@@ -132,17 +170,27 @@ def targets(results: list[dict[str, Any]], soak: dict[str, Any] | None) -> list[
 def soak_table(soak: dict[str, Any]) -> str:
     relay = soak["relay"]
     rss = relay["rss_mb"]
-    rows = [
-        "| scenarios | load s | accepted ev/s | delivered ev/s | RSS MiB at 10 s / middle / end"
-        " | max | slope after 20% | CPU s / 1k ev |",
-        "|" + "---|" * 8,
-        f"| {', '.join(soak['scenarios'])} | {relay['load_seconds']:.0f} |"
-        f" {_n(relay['accepted_eps'])} | {_n(relay['delivered_eps'])} |"
-        f" {_n(rss['start_10s'], 1)} / {_n(rss['middle'], 1)} / {_n(rss['end'], 1)} |"
-        f" {_n(rss['max'], 1)} | {_n(rss['slope_mb_per_min_after_20pct'], 2)} MiB/min |"
-        f" {_n(relay['cpu_s_per_1k_events'], 3)} |",
+    header = [
+        "scenarios",
+        "load s",
+        "accepted ev/s",
+        "delivered ev/s",
+        "RSS MiB at 10 s / middle / end",
+        "max",
+        "slope after 20%",
+        "CPU s / 1k ev",
     ]
-    return "\n".join(rows)
+    row = [
+        ", ".join(soak["scenarios"]),
+        f"{relay['load_seconds']:.0f}",
+        _n(relay["accepted_eps"]),
+        _n(relay["delivered_eps"]),
+        f"{_n(rss['start_10s'], 1)} / {_n(rss['middle'], 1)} / {_n(rss['end'], 1)}",
+        _n(rss["max"], 1),
+        f"{_n(rss['slope_mb_per_min_after_20pct'], 2)} MiB/min",
+        _n(relay["cpu_s_per_1k_events"], 3),
+    ]
+    return _table(header, [row])
 
 
 def render(report: dict[str, Any]) -> str:

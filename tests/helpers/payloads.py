@@ -1,4 +1,4 @@
-"""Request bodies the tests send, built the way real OTLP senders build them."""
+"""Request bodies and events the tests use, built as real senders and the relay build them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from schemas import LLMEvent
 
 
 def otlp_span(
@@ -48,3 +50,22 @@ def span_ids(body: bytes) -> list[str]:
         for scope in resource["scopeSpans"]
         for span in scope["spans"]
     ]
+
+
+def stored_event(index: int, padding: int = 0) -> LLMEvent:
+    """A complete LLMEvent as the spool holds it; ``padding`` makes it bigger, for rotation."""
+    return {
+        "schema": "llm-event/1",
+        "event_id": f"e{index:06d}",
+        "received_at": "2026-11-22T00:00:00.000000000Z",
+        "source": {"format": "native", "gateway": "tests", "test": False},
+        "trace_id": "0" * 32,
+        "span_id": f"{index:016x}",
+        "start_time": "2026-11-22T00:00:00.000000000Z",
+        "end_time": "2026-11-22T00:00:01.000000000Z",
+        "operation": "chat",
+        "status": "ok",
+        "usage": {},
+        "cost": {"currency": "USD", "source": "unknown"},
+        "attributes": {"padding": "x" * padding, "text": "line\nbreak"},
+    }

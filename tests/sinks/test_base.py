@@ -9,7 +9,7 @@ import pytest
 
 from sinks.base import Batch, as_json
 from sinks.file import FileSink, FileSinkConfig
-from tests.sinks.test_file import event
+from tests.helpers.payloads import stored_event as event
 
 
 def spooled(count: int) -> Batch:

@@ -10,27 +10,9 @@ import orjson
 import pytest
 
 from receiver.settings import EnvReader
-from schemas import LLMEvent
 from sinks.base import RetryableError
 from sinks.file import FileSink, FileSinkConfig
-
-
-def event(index: int, padding: int = 0) -> LLMEvent:
-    return {
-        "schema": "llm-event/1",
-        "event_id": f"e{index:06d}",
-        "received_at": "2026-11-22T00:00:00.000000000Z",
-        "source": {"format": "native", "gateway": "tests", "test": False},
-        "trace_id": "0" * 32,
-        "span_id": f"{index:016x}",
-        "start_time": "2026-11-22T00:00:00.000000000Z",
-        "end_time": "2026-11-22T00:00:01.000000000Z",
-        "operation": "chat",
-        "status": "ok",
-        "usage": {},
-        "cost": {"currency": "USD", "source": "unknown"},
-        "attributes": {"padding": "x" * padding, "text": "line\nbreak"},
-    }
+from tests.helpers.payloads import stored_event as event
 
 
 def read_lines(command: list[str], path: Path) -> list[dict[str, object]]:

@@ -1,23 +1,33 @@
 """Dead letters: events a sink refused for good, kept with the reason so they can be replayed.
 
-One JSON Lines file per sink, ``<data dir>/dead-letter/<sink>.jsonl``; each line is
-``{"dead_lettered_at", "sink", "reason", "error", "event"}``. ``llm-broadcast-relay replay`` reads
-these lines as well as file-sink lines.
+One JSON Lines file per sink, ``<data dir>/dead-letter/<sink>.jsonl``, with two shapes of line:
+
+- ``{"dead_lettered_at", "sink", "reason", "error", "event"}``: an event the sink refused.
+  ``llm-broadcast-relay replay`` reads these lines as well as file-sink lines.
+- ``{"dead_lettered_at", "sink", "reason", "error", "raw_base64"}``: a spool row that is not even
+  JSON, kept byte for byte (base64) for a person to inspect.
+
+Lines are appended through ``sinks.line_file``: a batch lands whole or, on a full disk, not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
+import structlog
 
 from receiver.normalizers.common import rfc3339_ns
 from schemas import LLMEvent
+from sinks.line_file import LineFile
+
+log = structlog.get_logger("relay.dead_letters")
 
 
 class DeadLetters:
@@ -29,22 +39,33 @@ class DeadLetters:
         return self.directory / f"{sink}.jsonl"
 
     async def write(self, sink: str, events: Sequence[LLMEvent], reason: str, error: str) -> None:
-        at = rfc3339_ns(time.time_ns())
-        data = b"".join(
-            orjson.dumps(
-                {"dead_lettered_at": at, "sink": sink, "reason": reason, "error": error, "event": e}
-            )
-            + b"\n"
-            for e in events
-        )
+        await self._write_lines(sink, reason, error, ({"event": event} for event in events))
+
+    async def write_undecodable(
+        self, sink: str, bodies: Sequence[bytes], reason: str, error: str
+    ) -> None:
+        """Dead-letter spool rows that are not JSON, each kept as the base64 of its exact bytes."""
+        raw = ({"raw_base64": base64.b64encode(body).decode("ascii")} for body in bodies)
+        await self._write_lines(sink, reason, error, raw)
+
+    async def _write_lines(
+        self, sink: str, reason: str, error: str, payloads: Iterable[Mapping[str, Any]]
+    ) -> None:
+        header = {"dead_lettered_at": rfc3339_ns(time.time_ns()), "sink": sink}
+        header |= {"reason": reason, "error": error}
+        data = b"".join(orjson.dumps(header | dict(payload)) + b"\n" for payload in payloads)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._append, sink, data)
 
     def _append(self, sink: str, data: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.path(sink), "ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # Opened for each write, as dead letters are rare: a file an operator moved away after a
+        # replay is created afresh, and a line torn by a crash is cut before anything follows it.
+        with LineFile(self.path(sink)) as line_file:
+            if line_file.cut_at_open:
+                log.warning(
+                    "torn_line_cut", path=str(line_file.path), bytes_cut=line_file.cut_at_open
+                )
+            line_file.append(data)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -4,7 +4,8 @@ The active file is always ``RELAY_FILE_PATH``. When it would pass ``RELAY_FILE_M
 renamed ``<stem>-<UTC timestamp><ext>`` (the Collector's file exporter naming) and compressed into a
 standard gzip or zstd stream, so ``zcat`` / ``zstdcat`` read every rotated file; only the newest
 ``RELAY_FILE_MAX_BACKUPS`` are kept. All file work runs in one worker thread so that writes and
-compression never block the event loop, and a line is always written whole.
+compression never block the event loop. Lines are appended through ``sinks.line_file``: a batch
+lands whole or, on a full disk, not at all.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
+import structlog
 import zstandard
 
 from receiver.settings import EnvReader
 from schemas import LLMEvent
 from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult, as_json
+from sinks.line_file import LineFile
 from sinks.registry import SinkSpec
+
+log = structlog.get_logger("relay.sinks.file")
 
 Compression = Literal["none", "gzip", "zstd"]
 _SUFFIX: Final[dict[str, str]] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
@@ -73,8 +78,7 @@ class FileSink:
     def __init__(self, config: FileSinkConfig) -> None:
         self.config = config
         self._executor: ThreadPoolExecutor | None = None
-        self._handle: Any = None
-        self._size = 0
+        self._file: LineFile | None = None
         self._rotated_ms = 0
 
     async def start(self) -> None:
@@ -95,28 +99,28 @@ class FileSink:
         return None
 
     def _write(self, data: bytes) -> None:
-        if (
-            self._handle is not None
-            and self._size > 0
-            and self._size + len(data) > self.config.max_bytes
-        ):
-            self._rotate()
-        if self._handle is None:
-            self._open()
-        self._handle.write(data)
-        self._handle.flush()
-        if self.config.fsync:
-            os.fsync(self._handle.fileno())
-        self._size += len(data)
+        if self._file is not None:
+            size = self._file.size
+            if size > 0 and size + len(data) > self.config.max_bytes:
+                self._rotate()
+        if self._file is None:
+            self._file = self._open()
+        self._file.append(data)
 
-    def _open(self) -> None:
+    def _open(self) -> LineFile:
         self.config.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.config.path, "ab")  # noqa: SIM115 - held open across batches
-        self._size = self._handle.tell()
+        line_file = LineFile(self.config.path, fsync=self.config.fsync)
+        if line_file.cut_at_open:
+            # Bytes of a write a crash interrupted: never acknowledged, the spool sends them again.
+            log.warning(
+                "torn_line_cut", path=str(self.config.path), bytes_cut=line_file.cut_at_open
+            )
+        return line_file
 
     def _rotate(self) -> None:
-        self._handle.close()
-        self._handle = None
+        line_file, self._file = self._file, None
+        if line_file is not None:
+            line_file.close()
         path = self.config.path
         # Names sort by time; two rotations within one millisecond must not share a name (the
         # second would replace the first backup).
@@ -177,13 +181,13 @@ class FileSink:
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_handle)
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_file)
             executor.shutdown(wait=True)
 
-    def _close_handle(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+    def _close_file(self) -> None:
+        line_file, self._file = self._file, None
+        if line_file is not None:
+            line_file.close()
 
 
 SPEC = SinkSpec(

@@ -13,6 +13,7 @@ from receiver.settings import EnvReader
 from sinks.base import RetryableError
 from sinks.file import FileSink, FileSinkConfig
 from tests.helpers.payloads import stored_event as event
+from tests.helpers.tmpfs import fill_up, small_tmpfs
 
 
 def read_lines(command: list[str], path: Path) -> list[dict[str, object]]:
@@ -125,6 +126,38 @@ async def test_lifecycle_close_twice_and_without_start(tmp_path: Path) -> None:
     await sink.close()
     await sink.close()
     assert (tmp_path / "b.jsonl").read_bytes().count(b"\n") == 1
+
+
+async def test_full_disk_leaves_no_torn_line_and_the_retry_lands_once(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk") as disk:
+        path = disk / "events.jsonl"
+        sink = FileSink(FileSinkConfig(path=path, compress="none"))
+        try:
+            await sink.send([event(0)])
+            before = path.read_bytes()
+            ballast = fill_up(disk)
+            # More than the room left in the file's last page: the disk takes part, then refuses.
+            batch = [event(i, padding=400) for i in range(1, 51)]
+            with pytest.raises(RetryableError, match="No space left"):
+                await sink.send(batch)
+            assert path.read_bytes() == before
+            ballast.unlink()
+            await sink.send(batch)
+        finally:
+            await sink.close()
+        ids = [orjson.loads(line)["event_id"] for line in path.read_bytes().splitlines()]
+    assert ids == [f"e{i:06d}" for i in range(51)]
+
+
+async def test_torn_line_left_by_a_crash_is_cut_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    whole = orjson.dumps(event(1)) + b"\n"
+    path.write_bytes(whole + orjson.dumps(event(2))[:40])
+    sink = FileSink(FileSinkConfig(path=path))
+    await sink.send([event(2), event(3)])
+    await sink.close()
+    ids = [orjson.loads(line)["event_id"] for line in path.read_bytes().splitlines()]
+    assert ids == ["e000001", "e000002", "e000003"]
 
 
 def test_default_config_from_env(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import gzip
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from receiver.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
+from sinks.spool_files import SpoolLock, SpoolLockedError
 
 log = structlog.get_logger("relay")
 # Allocations between two young-generation collections (CPython's default: 700).
@@ -82,24 +84,65 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 50, 100)
 
 
-def _run_worker(config: RelayConfig, worker: int) -> None:
+def _run_worker(config: RelayConfig, worker: int) -> int:
     configure_logging(config.log_level)
     _tune_gc()
     _install_uvloop()
-    asyncio.run(_serve(config, worker))
+    try:
+        asyncio.run(_serve(config, worker))
+    except SpoolLockedError as error:
+        print(f"llm-broadcast-relay: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_can_listen(config: RelayConfig) -> str | None:
+    """Why the relay cannot listen on its port, found before anything is opened."""
+    try:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if config.workers > 1:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((config.host, config.port))
+    except OSError as error:
+        return (
+            f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
+            " (another process has this port? RELAY_HOST and RELAY_PORT set the address)"
+        )
+    return None
 
 
 def serve(config: RelayConfig) -> int:
+    lock = SpoolLock(config.data_dir / "relay")
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except (SpoolLockedError, OSError) as error:
+        print(f"llm-broadcast-relay: {error}", file=sys.stderr)
+        return 2
+    try:
+        return _serve_locked(config)
+    finally:
+        lock.release()
+
+
+def _serve_locked(config: RelayConfig) -> int:
+    problem = _check_can_listen(config)
+    if problem is not None:
+        print(f"llm-broadcast-relay: {problem}", file=sys.stderr)
+        return 2
     log.info("config", **config.describe())
     if not config.ingest_tokens:
         log.warning("ingest_open", message="RELAY_INGEST_TOKENS is unset: anyone can send events")
     if config.workers == 1:
-        _run_worker(config, 0)
-        return 0
+        return _run_worker(config, 0)
     # One process per core, each with its own spool, sharing the port through SO_REUSEPORT.
     share_between_workers(config.data_dir / "metrics")
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_run_worker, args=(config, i)) for i in range(config.workers)]
+    workers = [
+        context.Process(target=_worker_process, args=(config, i)) for i in range(config.workers)
+    ]
     for process in workers:
         process.start()
 
@@ -115,6 +158,10 @@ def serve(config: RelayConfig) -> int:
         if process.pid is not None:
             worker_exited(process.pid)
     return max((p.exitcode or 0) for p in workers)
+
+
+def _worker_process(config: RelayConfig, worker: int) -> None:
+    sys.exit(_run_worker(config, worker))
 
 
 # -- test-connection -----------------------------------------------------------------------------
@@ -169,6 +216,9 @@ def read_replay_file(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
             continue
         if isinstance(record, dict) and isinstance(record.get("event"), dict):
             yield record.get("sink"), record["event"]
+        elif isinstance(record, dict) and "raw_base64" in record:
+            # A spooled row that held no event: kept for a person to read, nothing to send.
+            print(f"skipping line {number} of {path}: an undecodable spool row", file=sys.stderr)
         elif isinstance(record, dict):
             yield None, record
 
@@ -197,23 +247,19 @@ async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
             spool = Spool(Path(scratch) / f"{name}.sqlite3", 1 << 62, [name])
             await spool.open()
             await spool.append(bodies)
+            sink = setup.spec.build(setup.config)
+            await sink.start()
             dispatcher = Dispatcher(
-                setup.spec.build(setup.config),
-                replace(setup.dispatch, flush_interval=0.0),
-                spool,
-                dead_letters,
-                metrics,
+                sink, replace(setup.dispatch, flush_interval=0.0), spool, dead_letters, metrics
             )
-            await dispatcher.start()
+            dispatcher.start()
             await spool.wait_resolved(name)
             await dispatcher.stop(config.shutdown_grace)
+            await sink.close()
             await spool.close()
             state = dispatcher.status
-            failed += state.dead_lettered + state.dropped
-            print(
-                f"{name}: {state.sent} sent, {state.dead_lettered} dead-lettered,"
-                f" {state.dropped} dropped"
-            )
+            failed += state.dead_lettered
+            print(f"{name}: {state.sent} sent, {state.dead_lettered} dead-lettered")
     dead_letters.close()
     return 0 if failed == 0 else 1
 

@@ -58,6 +58,8 @@ async def _accept(request: web.Request, route: Route) -> Normalized:
         raise Refused(503, "the relay is shutting down; retry shortly", RETRY_AFTER_SECONDS)
     if relay.spool.full:
         raise Refused(503, "the spool is full (RELAY_SPOOL_MAX_BYTES)", RETRY_AFTER_SECONDS)
+    if relay.spool_problem is not None:
+        raise Refused(503, "the spool cannot store events now; see /v1/status", RETRY_AFTER_SECONDS)
     try:
         body = await read_body(request, relay.config.max_body_bytes)
     except BodyError as error:

@@ -107,6 +107,16 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.spool_problems = Counter(
+            "relay_spool_problems",
+            "Problems with the spool, by kind: damaged (moved aside at start), events_missing"
+            " (lost with a damaged WAL), write_failed (disk full), files_gone (deleted while"
+            " running).",
+            ("problem",),
+            registry=r,
+        )
+        for problem in ("damaged", "events_missing", "write_failed", "files_gone"):
+            self.spool_problems.labels(problem)  # exported at 0, so increase() sees the first
         self.spool_max_bytes = Gauge(
             "relay_spool_max_bytes",
             "RELAY_SPOOL_MAX_BYTES: above it ingest answers 503.",
@@ -129,12 +139,6 @@ class Metrics:
             "relay_sink_partial_rejected_events",
             "Items a sink's peer refused in a partial success (counted, not retried).",
             ("sink",),
-            registry=r,
-        )
-        self.sink_dropped = Counter(
-            "relay_sink_dropped_events",
-            "Events a sink dropped, by reason (e.g. too_old).",
-            ("sink", "reason"),
             registry=r,
         )
         self.sink_dead_lettered = Counter(

@@ -23,8 +23,11 @@ async def readyz(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     if relay.draining:
         return _json({"status": "draining"}, 503)
-    if not relay.ready:
+    if not relay.started:
         return _json({"status": "starting"}, 503)
+    problem = await relay.check_spool()
+    if problem is not None:
+        return _json({"status": "spool_unavailable", "problem": problem.kind}, 503)
     if relay.spool.full:
         return _json({"status": "spool_full", "spool_bytes": relay.spool.stored_bytes}, 503)
     return _json({"status": "ready"})

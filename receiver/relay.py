@@ -1,9 +1,23 @@
-"""The running relay: spool, dead letters, one dispatcher per enabled sink, and their lifecycle."""
+"""The running relay: spool, dead letters, one dispatcher per enabled sink, and their lifecycle.
+
+What the spool holds is never left behind silently. At start the relay:
+- logs and counts every problem the spool found in itself (``Spool.problems``);
+- dead-letters what a sink removed from ``RELAY_SINKS`` was still owed (replayable), then drops
+  its cursor;
+- adopts the spools of workers that no longer run (``RELAY_WORKERS`` lowered): worker N drains
+  ``worker-M`` for every M >= RELAY_WORKERS with M % RELAY_WORKERS == N, with dispatchers of its
+  own, and removes each once every sink has it all.
+While running it watches the spool (its file deleted, the disk refusing writes) and is not ready
+meanwhile. The relay owns the sinks: it starts them before any dispatcher and closes them after.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -11,14 +25,33 @@ import structlog
 from receiver.config import RelayConfig
 from receiver.metrics import Metrics
 from receiver.setup_check import SinkCheck, check_sinks
-from sinks.base import Sink
+from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
-from sinks.dispatcher import Dispatcher
-from sinks.spool import Spool
+from sinks.dispatcher import Dispatcher, decode_records
+from sinks.spool import Spool, SpoolProblem
+from sinks.spool_files import remove_spool_files
 
 log = structlog.get_logger("relay")
 
 GAUGE_INTERVAL = 5.0
+# Rows read at once when dead-lettering what a removed sink was owed.
+_REMOVED_BATCH = 1000
+_WORKER_SPOOL = re.compile(r"worker-(\d+)\.sqlite3")
+
+
+def spool_path(data_dir: Path, worker: int) -> Path:
+    return data_dir / "spool" / f"worker-{worker}.sqlite3"
+
+
+def orphan_spools(data_dir: Path, worker: int, workers: int) -> Iterator[Path]:
+    """Spools of workers that no longer run, which ``worker`` adopts."""
+    directory = data_dir / "spool"
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        match = _WORKER_SPOOL.fullmatch(path.name)
+        if match and int(match[1]) >= workers and int(match[1]) % workers == worker:
+            yield path
 
 
 class Relay:
@@ -29,48 +62,109 @@ class Relay:
         self.metrics = metrics or Metrics()
         self.worker = worker
         self.spool = Spool(
-            config.data_dir / "spool" / f"worker-{worker}.sqlite3",
-            config.spool_max_bytes,
-            config.sinks,
+            spool_path(config.data_dir, worker), config.spool_max_bytes, config.sinks
         )
         self.dead_letters = DeadLetters(config.data_dir / "dead-letter")
         self.sinks: dict[str, Sink] = {
             name: setup.spec.build_for(setup.config, worker, config.workers)
             for name, setup in config.sinks.items()
         }
-        self.dispatchers = {
+        self.dispatchers = self._dispatchers(self.spool)
+        # Spools of workers that no longer run, with their dispatchers, until drained.
+        self.adopted: dict[Path, tuple[Spool, dict[str, Dispatcher]]] = {}
+        self.draining = False
+        self.spool_problem: SpoolProblem | None = None
+        self.started = False  # the spool is open and delivery runs
+        self._stopped = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _dispatchers(self, spool: Spool) -> dict[str, Dispatcher]:
+        return {
             name: Dispatcher(
-                sink, config.sinks[name].dispatch, self.spool, self.dead_letters, self.metrics
+                sink, self.config.sinks[name].dispatch, spool, self.dead_letters, self.metrics
             )
             for name, sink in self.sinks.items()
         }
-        self.ready = False
-        self.draining = False
-        self._started = False
-        self._stopped = False
-        self._gauges: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.spool_problem is None
 
     async def start(self) -> None:
-        if self._started:
+        """Open the spool and start delivery; raises ``SpoolLockedError`` if another relay runs."""
+        if self.started:
             return
-        self._started = True
         await self.spool.open()
-        for name, left in self.spool.abandoned.items():
-            log.warning("sink_removed", sink=name, undelivered_events=left)
+        await self._settle(self.spool)
         self.metrics.spool_max_bytes.set(self.config.spool_max_bytes)
+        for sink in self.sinks.values():
+            await sink.start()
         for dispatcher in self.dispatchers.values():
-            await dispatcher.start()
-        self._gauges = asyncio.create_task(self._refresh_gauges_forever(), name="gauges")
-        self.ready = True
+            dispatcher.start()
+        for path in orphan_spools(self.config.data_dir, self.worker, self.config.workers):
+            await self._adopt(path)
+        self._tasks.append(asyncio.create_task(self._watch_forever(), name="relay-watch"))
+        self.started = True
         log.info(
             "relay_started",
             worker=self.worker,
-            spool_backlog={name: self.spool.backlog(name) for name in self.sinks},
+            spool_backlog={name: self.backlog(name) for name in self.sinks},
         )
+
+    async def _settle(self, spool: Spool) -> None:
+        """Report what the spool found at open; dead-letter what removed sinks were owed."""
+        for problem in spool.problems:
+            self._report(problem)
+        for name in list(spool.removed):
+            count = await self._dead_letter_owed(spool, name)
+            await spool.forget(name)
+            if count:
+                log.warning(
+                    "sink_removed",
+                    sink=name,
+                    dead_lettered=count,
+                    path=str(self.dead_letters.path(name)),
+                    message="what this sink was still owed is in its dead-letter file; enable"
+                    " it again and replay that file to deliver it",
+                )
+
+    async def _dead_letter_owed(self, spool: Spool, sink: str) -> int:
+        count = 0
+        while records := await spool.read(sink, _REMOVED_BATCH, 1 << 62):
+            events, encoded, raw = decode_records(records)
+            reason, why = "sink_removed", f"{sink} is no longer in RELAY_SINKS"
+            await self.dead_letters.write(sink, Batch(events, encoded), reason, why)
+            if raw:
+                await self.dead_letters.write_undecodable(sink, raw, "undecodable", why)
+            self.metrics.sink_dead_lettered.labels(sink, reason).inc(len(records))
+            count += len(records)
+            await spool.ack(sink, records[-1].seq)
+        return count
+
+    async def _adopt(self, path: Path) -> None:
+        spool = Spool(path, 1 << 62, self.config.sinks)  # never appended to: no cap needed
+        await spool.open()
+        await self._settle(spool)
+        owed = {name: spool.backlog(name) for name in self.sinks}
+        log.warning("spool_adopted", path=str(path), worker=self.worker, backlog=owed)
+        dispatchers = self._dispatchers(spool)
+        self.adopted[path] = (spool, dispatchers)
+        for dispatcher in dispatchers.values():
+            dispatcher.start()
+        self._tasks.append(asyncio.create_task(self._retire(path), name=f"adopted-{path.name}"))
+
+    async def _retire(self, path: Path) -> None:
+        """Once every sink has an adopted spool's events, stop its dispatchers and delete it."""
+        spool, dispatchers = self.adopted[path]
+        await asyncio.gather(*(spool.wait_resolved(name) for name in dispatchers))
+        await asyncio.gather(*(d.stop(self.config.shutdown_grace) for d in dispatchers.values()))
+        await spool.close()
+        del self.adopted[path]
+        remove_spool_files(path)
+        log.info("spool_adopted_drained", path=str(path), worker=self.worker)
 
     def begin_drain(self) -> None:
         """Stop accepting: readiness turns false and ingest answers 503 with Retry-After."""
-        self.ready = False
         self.draining = True
 
     async def stop(self) -> None:
@@ -78,21 +172,47 @@ class Relay:
             return
         self._stopped = True
         self.begin_drain()
-        if self._gauges is not None:
-            self._gauges.cancel()
+        for task in self._tasks:
+            task.cancel()
         grace = self.config.shutdown_grace
-        await asyncio.gather(*(d.stop(grace) for d in self.dispatchers.values()))
-        if self._started:
+        everyone = [*self.dispatchers.values()]
+        for _, dispatchers in self.adopted.values():
+            everyone.extend(dispatchers.values())
+        await asyncio.gather(*(d.stop(grace) for d in everyone))
+        for sink in self.sinks.values():
+            await sink.close()
+        for spool, _ in self.adopted.values():
+            await spool.close()
+        if self.started:
             await self.spool.close()
         self.dead_letters.close()
         log.info(
             "relay_stopped",
             worker=self.worker,
-            kept_in_spool={name: self.spool.backlog(name) for name in self.sinks},
+            kept_in_spool={name: self.backlog(name) for name in self.sinks},
         )
+
+    def backlog(self, sink: str) -> int:
+        """Events not yet resolved for ``sink``, in this worker's spool and the adopted ones."""
+        adopted = sum(spool.backlog(sink) for spool, _ in self.adopted.values())
+        return self.spool.backlog(sink) + adopted
 
     async def check(self, send_test_event: bool = False) -> dict[str, SinkCheck]:
         return await check_sinks(self.sinks, send_test_event)
+
+    async def check_spool(self) -> SpoolProblem | None:
+        """What keeps the spool from storing now; reported once each time it starts."""
+        problem = await self.spool.check()
+        if problem is not None and problem != self.spool_problem:
+            self._report(problem)
+        elif problem is None and self.spool_problem is not None:
+            log.info("spool_recovered", previous=self.spool_problem.kind)
+        self.spool_problem = problem
+        return problem
+
+    def _report(self, problem: SpoolProblem) -> None:
+        self.metrics.spool_problems.labels(problem.kind).inc()
+        log.error("spool_problem", problem=problem.kind, message=problem.message)
 
     async def status(self) -> dict[str, Any]:
         now = time.time()
@@ -102,18 +222,18 @@ class Relay:
             state = dispatcher.status
             sinks[name] = {
                 "running": dispatcher.running,
-                "backlog": self.spool.backlog(name),
+                "backlog": self.backlog(name),
                 "oldest_pending_age_s": None if oldest is None else round(now - oldest, 3),
                 "sent": state.sent,
                 "retries": state.retries,
                 "dead_lettered": state.dead_lettered,
-                "dropped": state.dropped,
                 "partial_rejected": state.partial_rejected,
                 "last_success_at": state.last_success_at,
                 "last_error": state.last_error,
                 "last_error_at": state.last_error_at,
                 "dead_letter_file": str(self.dead_letters.path(name)),
             }
+        problem = self.spool_problem
         return {
             "ready": self.ready,
             "draining": self.draining,
@@ -122,14 +242,18 @@ class Relay:
                 "bytes": self.spool.stored_bytes,
                 "max_bytes": self.spool.max_bytes,
                 "full": self.spool.full,
+                "problem": None if problem is None else problem.message,
+                "problems_at_start": [p.message for p in self.spool.problems],
+                "adopted": [str(path) for path in self.adopted],
             },
             "sinks": sinks,
         }
 
-    async def _refresh_gauges_forever(self) -> None:
+    async def _watch_forever(self) -> None:
         # A scrape refreshes the gauges too; this keeps them current for the other workers'
         # scrapes when RELAY_WORKERS > 1 (each worker can only measure its own spool).
         while True:
+            await self.check_spool()
             await self.refresh_gauges()
             await asyncio.sleep(GAUGE_INTERVAL)
 
@@ -137,6 +261,6 @@ class Relay:
         now = time.time()
         self.metrics.spool_bytes.set(self.spool.stored_bytes)
         for name in self.sinks:
-            self.metrics.sink_backlog.labels(name).set(self.spool.backlog(name))
+            self.metrics.sink_backlog.labels(name).set(self.backlog(name))
             oldest = await self.spool.oldest_pending(name)
             self.metrics.sink_oldest_age.labels(name).set(0 if oldest is None else now - oldest)

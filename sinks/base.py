@@ -30,13 +30,22 @@ class RetryableError(SinkError):
         self.retry_after = retry_after
 
 
+class MisconfiguredError(RetryableError):
+    """The peer refuses every batch alike (401/403, an unknown endpoint): a setting to fix.
+
+    Not the events' fault, so nothing is dead-lettered for it at once: the batch is retried with
+    backoff like any retryable failure, so that a key fixed hours later still delivers the backlog,
+    and only what outlives ``max_retry_time`` goes to dead letters.
+    """
+
+
 class PermanentError(SinkError):
     """Sending the same batch again cannot succeed.
 
     ``isolate`` says whether the fault may lie with some of the events (a 400 on bad data): the
     dispatcher then bisects the batch so that only the offending events are dead-lettered. When the
-    peer refuses everything (bad credentials, unknown endpoint) bisecting would only multiply
-    requests, so the whole batch is dead-lettered at once.
+    peer refuses any batch alike (a 5xx it will not retry) bisecting would only multiply requests,
+    so the whole batch is dead-lettered at once.
     """
 
     def __init__(self, message: str, *, isolate: bool = True) -> None:

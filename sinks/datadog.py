@@ -28,6 +28,7 @@ from receiver.settings import EnvReader, mask
 from schemas import LLMEvent
 from sinks.base import (
     DispatchSettings,
+    MisconfiguredError,
     PayloadTooLargeError,
     PermanentError,
     ProbeResult,
@@ -358,14 +359,12 @@ def classify(
         return RetryableError(f"Datadog: {where} answered {said}", retry_after(headers))
     if status in (401, 403):
         if config.mode == "agent":
-            return PermanentError(
-                f"Datadog: {where} refused the spans ({said}); check the Agent's api_key and site",
-                isolate=False,
+            return MisconfiguredError(
+                f"Datadog: {where} refused the spans ({said}); check the Agent's api_key and site"
             )
-        return PermanentError(
+        return MisconfiguredError(
             f"Datadog: DD_API_KEY was rejected for site {config.site} ({said}); check that the key "
-            f"is valid and belongs to an organization on {config.site}",
-            isolate=False,
+            f"is valid and belongs to an organization on {config.site}"
         )
     if status in (404, 405) or 300 <= status < 400:
         hint = (
@@ -373,9 +372,7 @@ def classify(
             if config.mode == "agent"
             else "check RELAY_DATADOG_URL and DD_SITE"
         )
-        return PermanentError(
-            f"Datadog: {config.intake_url} answered {said}; {hint}", isolate=False
-        )
+        return MisconfiguredError(f"Datadog: {config.intake_url} answered {said}; {hint}")
     return PermanentError(f"Datadog: {where} refused the batch ({said})")
 
 

@@ -4,16 +4,21 @@ This is the reliability that wraps every sink the same way (the OpenTelemetry Co
 exporterhelper does this for every exporter), so that a sink is only "encode and send one batch".
 
 For each batch, in order:
-1. events older than the sink's ``max_event_age`` are dropped and counted (the peer would refuse);
-2. the batch is sent; ``RetryableError`` is retried with exponential backoff and full jitter
-   (tenacity), waiting at least the peer's Retry-After (capped), until the oldest event in the batch
-   has waited ``max_retry_time`` since it was received; then the batch is dead-lettered;
-3. ``PayloadTooLargeError`` splits the batch in halves until the offending event is alone, which is
+1. a spooled row that is not an event's JSON is dead-lettered with its raw bytes;
+2. events older than the sink's ``max_event_age`` (the peer would refuse them) are dead-lettered;
+3. the batch is sent; ``RetryableError`` (``MisconfiguredError`` included: a key fixed a day later
+   still delivers the backlog) is retried with exponential backoff and full jitter (tenacity),
+   waiting at least the peer's Retry-After (capped), until the oldest event in the batch has waited
+   ``max_retry_time`` since it was received; then the batch is dead-lettered;
+4. ``PayloadTooLargeError`` splits the batch in halves until the offending event is alone, which is
    dead-lettered; ``PermanentError`` does the same when the fault may lie with some events
-   (``isolate``), or dead-letters the whole batch when the peer refuses everything;
-4. only when every event of the batch is resolved does the sink's cursor move on in the spool.
+   (``isolate``), or dead-letters the whole batch when the peer refuses everything. A sink that
+   fails with anything else (a bug meeting an odd event) is treated as refusing those events;
+5. only when every event of the batch is resolved does the sink's cursor move on in the spool.
 
-On shutdown a backoff wait ends at once and the batch stays in the spool for the next start.
+Nothing ends the loop but ``stop``: a failing database (a full disk) or a bug is logged, shown in
+``/v1/status`` and retried after a pause. On shutdown a backoff wait ends at once and the batch
+stays in the spool for the next start. The dispatcher uses its sink; the relay starts and closes it.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from receiver.metrics import Metrics
+from schemas import LLMEvent
 from sinks.base import (
     Batch,
     DispatchSettings,
+    MisconfiguredError,
     PayloadTooLargeError,
     PermanentError,
     RetryableError,
@@ -43,6 +50,9 @@ from sinks.dead_letters import DeadLetters
 from sinks.spool import Record, Spool
 
 log = structlog.get_logger("relay.dispatch")
+# The pause after a failure that is not the peer's (the spool's database, a bug), doubling up to
+# the longest: the loop goes on, slowly, until the cause is gone.
+FAULT_PAUSE_SECONDS = (1.0, 30.0)
 
 
 class ShuttingDownError(Exception):
@@ -56,7 +66,6 @@ class SinkStatus:
     sent: int = 0
     retries: int = 0
     dead_lettered: int = 0
-    dropped: int = 0
     partial_rejected: int = 0
     last_success_at: float | None = None
     last_error: str | None = None
@@ -84,8 +93,7 @@ class Dispatcher:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        await self.sink.start()
+    def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.name}")
 
     async def stop(self, grace: float) -> None:
@@ -98,25 +106,32 @@ class Dispatcher:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ShuttingDownError):
                 await task
-        await self.sink.close()
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     async def _run(self) -> None:
+        faults = 0
         while not self._stopping.is_set():
-            records = await self._next_batch()
-            if not records:
-                continue
             try:
-                await self._deliver(records)
+                await self._deliver_next()
+                faults = 0
             except ShuttingDownError:
                 return
-            except Exception:  # a bug must not silently stop delivery
-                log.exception("dispatch_failed", sink=self.name)
-                await self._pause(1.0)
-                continue
+            except Exception as error:  # the loop must outlive any failure: log, show, pause
+                faults += 1
+                log.exception("dispatch_failed", sink=self.name, error=str(error))
+                self.status.last_error = f"relay: {error}"
+                self.status.last_error_at = time.time()
+                first, longest = FAULT_PAUSE_SECONDS
+                with contextlib.suppress(ShuttingDownError):
+                    await self._pause(min(longest, first * 2 ** (faults - 1)))
+
+    async def _deliver_next(self) -> None:
+        records = await self._next_batch()
+        if records:
+            await self._deliver(records)
             await self.spool.ack(self.name, records[-1].seq)
 
     async def _next_batch(self) -> list[Record]:
@@ -151,8 +166,9 @@ class Dispatcher:
 
     async def _deliver(self, records: Sequence[Record]) -> None:
         oldest = min(r.received for r in records)
-        events = [r.event if r.event is not None else orjson.loads(r.body) for r in records]
-        encoded = [r.body for r in records]
+        events, encoded, undecodable = decode_records(records)
+        if undecodable:
+            await self._dead_letter_raw(undecodable)
         max_age = self.settings.max_event_age
         if max_age is not None:
             # Peers judge age by when the call happened, not when the relay received it
@@ -161,10 +177,13 @@ class Dispatcher:
             cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - max_age))
             fresh = [i for i, e in enumerate(events) if (e.get("start_time") or "~")[:19] >= cutoff]
             if len(fresh) < len(events):
-                dropped = len(events) - len(fresh)
-                self.metrics.sink_dropped.labels(self.name, "too_old").inc(dropped)
-                self.status.dropped += dropped
-                log.warning("events_dropped", sink=self.name, reason="too_old", count=dropped)
+                kept = set(fresh)
+                stale = [i for i in range(len(events)) if i not in kept]
+                await self._dead_letter(
+                    Batch([events[i] for i in stale], [encoded[i] for i in stale]),
+                    "too_old",
+                    f"older than the {max_age:g} s this sink's peer accepts",
+                )
                 events, encoded = [events[i] for i in fresh], [encoded[i] for i in fresh]
         if events:
             await self._send_resolving(Batch(events, encoded), oldest)
@@ -179,15 +198,15 @@ class Dispatcher:
             if error.isolate:
                 await self._split_or_dead_letter(events, oldest, "rejected", error)
             else:
-                await self._dead_letter(events, "rejected", error)
+                await self._dead_letter(events, "rejected", str(error))
         except RetryableError as error:
-            await self._dead_letter(events, "retries_exhausted", error)
+            await self._dead_letter(events, "retries_exhausted", str(error))
 
     async def _split_or_dead_letter(
         self, events: Batch, oldest: float, reason: str, error: SinkError
     ) -> None:
         if len(events) == 1:
-            await self._dead_letter(events, reason, error)
+            await self._dead_letter(events, reason, str(error))
             return
         middle = len(events) // 2
         await self._send_resolving(events[:middle], oldest)
@@ -217,6 +236,12 @@ class Dispatcher:
         except SinkError as error:
             self._record_failure(_failure_reason(error), str(error))
             raise
+        except Exception as error:  # a sink's bug must not stall the sink on one odd event
+            log.exception("sink_failed", sink=self.name, events=len(events))
+            self._record_failure("permanent", f"{self.name} sink failed: {error!r}")
+            raise PermanentError(
+                f"the {self.name} sink failed on these events: {error!r}"
+            ) from error
         finally:
             self.metrics.sink_send_duration.labels(self.name).observe(time.perf_counter() - started)
         now = time.time()
@@ -264,21 +289,51 @@ class Dispatcher:
         self.status.last_error_at = time.time()
         self.metrics.sink_failures.labels(self.name, reason).inc()
 
-    async def _dead_letter(self, events: Batch, reason: str, error: SinkError) -> None:
-        await self.dead_letters.write(self.name, events, reason, str(error))
-        self.status.dead_lettered += len(events)
-        self.metrics.sink_dead_lettered.labels(self.name, reason).inc(len(events))
+    async def _dead_letter(self, events: Batch, reason: str, error: str) -> None:
+        await self.dead_letters.write(self.name, events, reason, error)
+        self._count_dead_letters(len(events), reason, error)
+
+    async def _dead_letter_raw(self, bodies: Sequence[bytes]) -> None:
+        error = "the spooled row is not an event's JSON"
+        await self.dead_letters.write_undecodable(self.name, bodies, "undecodable", error)
+        self._count_dead_letters(len(bodies), "undecodable", error)
+
+    def _count_dead_letters(self, count: int, reason: str, error: str) -> None:
+        self.status.dead_lettered += count
+        self.metrics.sink_dead_lettered.labels(self.name, reason).inc(count)
         log.error(
             "events_dead_lettered",
             sink=self.name,
             reason=reason,
-            count=len(events),
-            error=str(error),
+            count=count,
+            error=error,
             path=str(self.dead_letters.path(self.name)),
         )
 
 
+def decode_records(records: Sequence[Record]) -> tuple[list[LLMEvent], list[bytes], list[bytes]]:
+    """The records' events and JSON, and the raw bytes of rows that hold no event."""
+    events: list[LLMEvent] = []
+    encoded: list[bytes] = []
+    undecodable: list[bytes] = []
+    for record in records:
+        event = record.event
+        if event is None:
+            try:
+                event = orjson.loads(record.body)
+            except orjson.JSONDecodeError:
+                event = None
+            if not isinstance(event, dict):
+                undecodable.append(record.body)
+                continue
+        events.append(event)
+        encoded.append(record.body)
+    return events, encoded, undecodable
+
+
 def _failure_reason(error: SinkError) -> str:
+    if isinstance(error, MisconfiguredError):
+        return "misconfigured"
     if isinstance(error, PayloadTooLargeError):
         return "too_large"
     if isinstance(error, PermanentError):

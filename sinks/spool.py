@@ -13,6 +13,13 @@ acknowledged event survives both a process crash (``kill -9``) and an OS crash o
 A sink's cursor moves only after its batch was delivered or dead-lettered, so after a crash
 in-flight batches are sent again (at-least-once; ``event_id`` lets receivers drop the duplicates).
 
+Sequence numbers never go backwards, whatever was deleted: the highest number ever given out is
+kept in the database (``meta``) and beside it (``spool_files.HighWaterMark``). At open the spool
+checks itself (SQLite's ``quick_check``, each cursor against the rows it is owed) and says what it
+found in ``problems``; a database SQLite cannot read is moved aside and a fresh one started, since
+refusing traffic would lose every gateway's events. A sink no longer enabled keeps its cursor until
+the relay has dead-lettered what it is still owed (``removed``, ``forget``).
+
 All database work runs in one dedicated thread; the event loop only waits on it.
 """
 
@@ -30,6 +37,14 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from schemas import LLMEvent
+from sinks.spool_files import (
+    FileIdentity,
+    HighWaterMark,
+    SpoolLock,
+    can_write,
+    connect_checked,
+    move_aside,
+)
 
 # How long a commit waits for more appends to share it: the ack latency it adds.
 COMMIT_GATHER_SECONDS: Final = 0.001
@@ -43,7 +58,15 @@ TAIL_BYTES: Final = 8 * 1024 * 1024
 
 
 class SpoolFullError(Exception):
-    """The spool holds ``RELAY_SPOOL_MAX_BYTES`` already: ingest must answer 503."""
+    """The spool cannot take these events (full, unwritable or closing): ingest must answer 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolProblem:
+    """Something wrong with the spool, found at open or while running, for logs and status."""
+
+    kind: str  # damaged, events_missing, write_failed, files_gone
+    message: str
 
 
 class Record(NamedTuple):
@@ -70,6 +93,9 @@ class Spool:
         self.sinks = tuple(sinks)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
+        self._lock = SpoolLock(path)
+        self._mark = HighWaterMark(path)
+        self._identity: FileIdentity | None = None
         self._pending: list[_PendingAppend] = []
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
@@ -78,48 +104,87 @@ class Spool:
         self._new_data: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sinks}
         self._tail: collections.deque[Record] = collections.deque()
         self._tail_bytes = 0
+        # Every cursor in the database: the enabled sinks', and removed sinks' until forgotten.
         self.cursors: dict[str, int] = {}
         self.last_seq = 0
         self.stored_bytes = 0
         self._closed = False
-        self.abandoned: dict[str, int] = {}
+        # Sinks with a cursor in the database that are no longer enabled: what they are still owed.
+        self.removed: dict[str, int] = {}
+        # What the open found wrong, and what it did about it.
+        self.problems: list[SpoolProblem] = []
+        # Why the last commit failed, until one succeeds or the disk takes writes again.
+        self.write_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open (or create) the spool; raises ``SpoolLockedError`` if another process has it."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open)
         self._committer = asyncio.create_task(self._commit_loop(), name="spool-commit")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS events"
-            " (seq INTEGER PRIMARY KEY, received REAL NOT NULL, body BLOB NOT NULL)"
-        )
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
-        )
-        self.last_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        self._lock.acquire()
+        try:
+            try:
+                db = connect_checked(self.path)
+            except sqlite3.DatabaseError as error:
+                moved = move_aside(self.path)
+                self.problems.append(
+                    SpoolProblem(
+                        "damaged",
+                        f"{self.path} cannot be read ({error}): moved to {moved} for recovery"
+                        " and started a fresh spool; the events it held are not delivered",
+                    )
+                )
+                db = connect_checked(self.path)
+            self._load(db)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._db = db
+        self._cleanup()
+        self.stored_bytes = db.execute(
+            "SELECT COALESCE(SUM(length(body)), 0) FROM events"
+        ).fetchone()[0]
+        self._identity = FileIdentity(self.path)
+        self._mark.open()
+        self._mark.write(self.last_seq)
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        """Numbering, cursors and removed sinks from the database, checked against each other."""
+        (stored,) = db.execute(
+            "SELECT MAX(COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0),"
+            " COALESCE((SELECT MAX(seq) FROM events), 0),"
+            " COALESCE((SELECT MAX(seq) FROM cursors), 0))"
+        ).fetchone()
+        # The mark may know of commits the database lost (a deleted or damaged WAL).
+        self.last_seq = max(stored, self._mark.read())
         known = dict(db.execute("SELECT sink, seq FROM cursors").fetchall())
         db.execute("BEGIN")
         for name in self.sinks:
             # A newly enabled sink starts with what arrives from now on; `replay` sends history.
             self.cursors[name] = known.pop(name, self.last_seq)
             db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (name, self.cursors[name]))
-        for name, seq in known.items():
-            # A sink no longer enabled must not pin the spool forever: remember what it leaves.
-            self.abandoned[name] = max(0, self.last_seq - seq)
-            db.execute("DELETE FROM cursors WHERE sink = ?", (name,))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('high_water', ?)", (self.last_seq,))
         db.execute("COMMIT")
-        self._db = db
-        self._cleanup()
-        self.stored_bytes = db.execute(
-            "SELECT COALESCE(SUM(length(body)), 0) FROM events"
-        ).fetchone()[0]
+        for name, seq in known.items():
+            self.cursors[name] = seq
+        for name, seq in self.cursors.items():
+            (present,) = db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (seq,)).fetchone()
+            if name in known:
+                self.removed[name] = present
+            missing = self.last_seq - seq - present
+            if missing > 0:
+                self.problems.append(
+                    SpoolProblem(
+                        "events_missing",
+                        f"{missing} acknowledged events owed to sink {name} are missing from"
+                        f" {self.path} (its write-ahead log was deleted, truncated or damaged)",
+                    )
+                )
 
     async def close(self) -> None:
         if self._closed:
@@ -137,6 +202,23 @@ class Spool:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._mark.close()
+        self._lock.release()
+
+    async def check(self) -> SpoolProblem | None:
+        """What keeps the spool from storing right now: its file gone, or the disk refusing."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._check)
+
+    def _check(self) -> SpoolProblem | None:
+        gone = self._identity.problem() if self._identity is not None else None
+        if gone is not None:
+            return SpoolProblem("files_gone", gone)
+        if self.write_error is not None:
+            if not can_write(self.path.parent):
+                return SpoolProblem("write_failed", self.write_error)
+            self.write_error = None
+        return None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -183,12 +265,14 @@ class Spool:
                 size = sum(item.size for item in batch)
                 try:
                     await loop.run_in_executor(self._executor, self._commit, batch, self.last_seq)
-                except Exception as error:  # every waiter must hear of it
+                except Exception as error:  # every waiter must hear of it; nothing was stored
                     self._pending_bytes -= size
+                    self.write_error = f"spool write failed: {error}"
                     for item in batch:
                         if not item.done.done():
-                            item.done.set_exception(SpoolFullError(f"spool write failed: {error}"))
+                            item.done.set_exception(SpoolFullError(self.write_error))
                     continue
+                self.write_error = None
                 self._remember(batch)
                 self.stored_bytes += size
                 self._pending_bytes -= size
@@ -216,6 +300,10 @@ class Spool:
 
     def _commit(self, batch: list[_PendingAppend], last_seq: int) -> None:
         assert self._db is not None
+        # Events written into a deleted file would be gone at the next start: refuse them instead.
+        gone = self._identity.problem() if self._identity is not None else None
+        if gone is not None:
+            raise OSError(gone)
         seq = last_seq
         rows = []
         for item in batch:
@@ -226,10 +314,13 @@ class Spool:
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'high_water'", (seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
+        self._mark.write(seq)
 
     # -- reading, per sink -----------------------------------------------------------------------
 
@@ -247,10 +338,13 @@ class Spool:
         if tail and tail[0].seq <= after + 1:
             start = after + 1 - tail[0].seq
             return _bounded(itertools.islice(tail, start, start + limit), max_bytes)
+        end = self.last_seq
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._read, self.cursors[sink], limit, max_bytes
-        )
+        records = await loop.run_in_executor(self._executor, self._read, after, limit, max_bytes)
+        if not records and after < end:
+            # Numbers given out but no longer stored: events reported missing at open.
+            await self.ack(sink, end)
+        return records
 
     def _read(self, after: int, limit: int, max_bytes: int) -> list[Record]:
         assert self._db is not None
@@ -275,7 +369,12 @@ class Spool:
         return None if row is None else float(row[0])
 
     async def ack(self, sink: str, upto: int) -> None:
-        """Everything up to ``upto`` is resolved for ``sink``: delivered, dead-lettered, dropped."""
+        """Everything up to ``upto`` is resolved for ``sink``: delivered or dead-lettered.
+
+        The cursor moves in memory at once; if the database cannot record it (a full disk), the
+        error is raised and the next ack records a later position: meanwhile a crash would only
+        send these events again.
+        """
         loop = asyncio.get_running_loop()
         previous_floor = min(self.cursors.values())
         self.cursors[sink] = upto
@@ -284,6 +383,19 @@ class Spool:
         )
         self.stored_bytes -= freed
         self._acked.set()
+
+    async def forget(self, sink: str) -> None:
+        """Drop a removed sink's cursor once what it was owed is dead-lettered."""
+        loop = asyncio.get_running_loop()
+        del self.cursors[sink]
+        self.removed.pop(sink, None)
+        freed = await loop.run_in_executor(self._executor, self._forget, sink)
+        self.stored_bytes -= freed
+
+    def _forget(self, sink: str) -> int:
+        assert self._db is not None
+        self._db.execute("DELETE FROM cursors WHERE sink = ?", (sink,))
+        return self._cleanup()
 
     async def wait_resolved(self, sink: str) -> None:
         """Wait until every event spooled so far is resolved for ``sink``."""

@@ -56,6 +56,7 @@ from schemas.times import unix_ns
 from sinks import otlp_wire
 from sinks.base import (
     DispatchSettings,
+    MisconfiguredError,
     PayloadTooLargeError,
     PermanentError,
     ProbeResult,
@@ -189,9 +190,9 @@ class TempoSink:
         if status in RETRYABLE:
             raise RetryableError(said, retry_after=parse_retry_after(answer.retry_after))
         if status in (401, 403):
-            raise PermanentError(f"{said}; {AUTH_HINT}", isolate=False)
+            raise MisconfiguredError(f"{said}; {AUTH_HINT}")
         if status in (404, 405) or status < 400:  # redirects are not followed: a POST would be lost
-            raise PermanentError(f"{said}; {ENDPOINT_HINT}", isolate=False)
+            raise MisconfiguredError(f"{said}; {ENDPOINT_HINT}")
         # Only a 4xx can be about some of the events; a 5xx refuses any batch alike.
         raise PermanentError(said, isolate=status < 500)
 

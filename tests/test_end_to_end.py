@@ -128,12 +128,14 @@ async def test_gateways_to_tempo_and_datadog(
         for _, s in by_gateway["otoroshi"]
     )
 
-    # The fixtures' calls happened months ago: Datadog would refuse them, so they are dropped
-    # and counted. A call made now goes through.
+    # The fixtures' calls happened months ago: Datadog would refuse them, so they go to the
+    # dead-letter file (replayable elsewhere). A call made now goes through.
     await eventually(
-        lambda: process.get_json("/v1/status")["sinks"]["datadog"]["dropped"] == expected,
-        message="old events dropped for Datadog",
+        lambda: process.get_json("/v1/status")["sinks"]["datadog"]["dead_lettered"] == expected,
+        message="old events dead-lettered for Datadog",
     )
+    dead = (process.data_dir / "dead-letter" / "datadog.jsonl").read_text().splitlines()
+    assert {orjson.loads(line)["reason"] for line in dead} == {"too_old"}
     fresh = otlp_span(
         "gpt-4o-mini", attributes={"session.id": "s-42", "gen_ai.usage.input_tokens": "12"}
     )

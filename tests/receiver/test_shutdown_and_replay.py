@@ -78,6 +78,9 @@ async def test_replay_resends_dead_letters_once_the_sink_is_fixed(tmp_path: Path
         "RELAY_SINKS": "file,tempo",
         "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces",
         "RELAY_TEMPO_FLUSH_INTERVAL": "0.05",
+        # Refused credentials are retried like an outage, until the retry time runs out.
+        "RELAY_TEMPO_MAX_RETRY_TIME": "0.5",
+        "RELAY_TEMPO_INITIAL_BACKOFF": "0.05",
     }
     data_dir = tmp_path / "data"
     relay = RelayProcess(data_dir, env)
@@ -91,17 +94,17 @@ async def test_replay_resends_dead_letters_once_the_sink_is_fixed(tmp_path: Path
             message="7 dead letters",
         )
         record = orjson.loads(dead_letters.read_text().splitlines()[0])
-        assert record["reason"] == "rejected"
+        assert record["reason"] == "retries_exhausted"
         assert "401" in record["error"]
-        # Credentials refused: the whole batch at once, not one request per event.
-        assert len(peer.requests) == 1
+        # Credentials refused: the whole batch each time, not one request per event.
+        assert {len(event_ids(r)) for r in peer.requests} == {7}
     finally:
         await asyncio.to_thread(relay.stop)
 
     peer.default = OK
     result = await asyncio.to_thread(replay, data_dir, env, str(dead_letters))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "tempo: 7 sent, 0 dead-lettered, 0 dropped" in result.stdout
+    assert "tempo: 7 sent, 0 dead-lettered" in result.stdout
     expected = {
         orjson.loads(line)["event"]["event_id"] for line in dead_letters.read_text().splitlines()
     }

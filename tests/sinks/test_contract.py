@@ -132,10 +132,12 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await spool.open()
     dead_letters = DeadLetters(tmp_path / "dead-letter")
     dispatcher = Dispatcher(sink, settings, spool, dead_letters, Metrics())
+    await sink.start()
     try:
         yield Harness(server, peer, spool, dispatcher, dead_letters)
     finally:
         await dispatcher.stop(1.0)
+        await sink.close()
         await spool.close()
         dead_letters.close()
         await server.stop()
@@ -147,7 +149,7 @@ async def test_exact_tries_under_transient_errors(harness: Harness) -> None:
     harness.server.answer_next(*errors)
     events = [event(i) for i in range(100)]
     await harness.put(events)
-    await harness.dispatcher.start()
+    harness.dispatcher.start()
     await harness.spool.wait_resolved(harness.dispatcher.name)
     assert sorted(harness.delivered()) == sorted(e["event_id"] for e in events)
     batches = len(harness.server.requests) - len(errors)
@@ -157,31 +159,53 @@ async def test_exact_tries_under_transient_errors(harness: Harness) -> None:
 
 
 async def test_permanent_error_is_not_retried(harness: Harness) -> None:
-    harness.server.check = lambda received: Answer(403, b'{"errors":["Forbidden"]}')
+    harness.server.check = lambda received: Answer(400, b'{"errors":["Bad Request"]}')
     await harness.put([event(i) for i in range(5)])
-    await harness.dispatcher.start()
+    harness.dispatcher.start()
     await harness.spool.wait_resolved(harness.dispatcher.name)
-    assert len(harness.server.requests) == 1
+    # Bisected down to single events, each part tried once: 2n - 1 requests, no retry.
+    assert len(harness.server.requests) == 2 * 5 - 1
+    assert harness.dispatcher.status.retries == 0
     path = harness.dead_letters.path(harness.dispatcher.name)
     lines = [orjson.loads(line) for line in path.read_text().splitlines()]
     assert [line["event"]["event_id"] for line in lines] == [f"contract-{i:05d}" for i in range(5)]
     assert {line["reason"] for line in lines} == {"rejected"}
 
 
-async def test_too_old_events_are_dropped_and_counted(harness: Harness) -> None:
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_credentials_keep_the_events_until_fixed(
+    harness: Harness, status: int
+) -> None:
+    """A key fixed later still delivers everything: nothing is dead-lettered meanwhile."""
+    harness.server.check = lambda received: Answer(status, b'{"errors":["Forbidden"]}')
+    events = [event(i) for i in range(5)]
+    await harness.put(events)
+    harness.dispatcher.start()
+    await eventually(lambda: harness.dispatcher.status.retries >= 3, message="three retries")
+    assert harness.spool.backlog(harness.dispatcher.name) == len(events)
+    assert not harness.dead_letters.path(harness.dispatcher.name).exists()
+    harness.server.check = None  # the key is fixed
+    await harness.spool.wait_resolved(harness.dispatcher.name)
+    assert sorted(harness.delivered()) == sorted(e["event_id"] for e in events)
+    assert harness.dispatcher.status.dead_lettered == 0
+
+
+async def test_too_old_events_go_to_dead_letters(harness: Harness) -> None:
     harness.dispatcher.settings = replace(harness.dispatcher.settings, max_event_age=3600.0)
     await harness.put([event(0, start="2020-01-01T00:00:00.000000000Z"), event(1)])
-    await harness.dispatcher.start()
+    harness.dispatcher.start()
     await harness.spool.wait_resolved(harness.dispatcher.name)
     assert harness.delivered() == ["contract-00001"]
-    assert harness.dispatcher.status.dropped == 1
+    path = harness.dead_letters.path(harness.dispatcher.name)
+    (line,) = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert (line["reason"], line["event"]["event_id"]) == ("too_old", "contract-00000")
 
 
 async def test_shutdown_interrupts_backoff_and_keeps_the_batch(harness: Harness) -> None:
     harness.server.default = Answer(503, headers={"Retry-After": "60"})
     harness.server.check = None
     await harness.put([event(i) for i in range(3)])
-    await harness.dispatcher.start()
+    harness.dispatcher.start()
     await eventually(lambda: len(harness.server.requests) >= 1, message="a first try")
     started = asyncio.get_running_loop().time()
     await harness.dispatcher.stop(5.0)

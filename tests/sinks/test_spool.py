@@ -76,15 +76,23 @@ async def test_full_spool_refuses_and_keeps_what_it_has(tmp_path: Path) -> None:
     await spool.close()
 
 
-async def test_a_new_sink_starts_now_and_a_removed_one_stops_pinning(tmp_path: Path) -> None:
+async def test_a_new_sink_starts_now_and_a_removed_one_keeps_its_events_until_forgotten(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "spool.sqlite3"
     spool = await opened(path, ["old"])
     await spool.append([b"1", b"2"])
     await spool.close()
     spool = await opened(path, ["new"])
     assert spool.backlog("new") == 0
-    assert spool.abandoned == {"old": 2}
+    assert spool.removed == {"old": 2}
+    # What the removed sink is owed is still there to dead-letter, then it stops pinning.
+    assert [r.body for r in await spool.read("old", 10, 1 << 20)] == [b"1", b"2"]
+    await spool.forget("old")
     assert spool.stored_bytes == 0
+    await spool.close()
+    spool = await opened(path, ["new"])
+    assert spool.removed == {}
     await spool.close()
 
 

@@ -32,6 +32,7 @@ from receiver.settings import EnvReader
 from schemas import LLMEvent
 from sinks import otlp_wire, tempo
 from sinks.base import (
+    MisconfiguredError,
     PayloadTooLargeError,
     PermanentError,
     RetryableError,
@@ -572,15 +573,14 @@ async def test_text_error_bodies_are_kept_truncated(
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_bad_credentials_are_permanent_for_the_whole_batch(
+async def test_bad_credentials_are_a_setting_to_fix_not_bad_events(
     status: int, scripted_server: ScriptedServer, make_sink: Callable[..., TempoSink]
 ) -> None:
     scripted_server.answer_next(Answer(status, b"invalid credentials", content_type="text/plain"))
     url = traces_url(scripted_server)
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(MisconfiguredError) as caught:
         await make_sink(url, basic_auth=BASIC_AUTH).send([openrouter_event()])
     text = str(caught.value)
-    assert caught.value.isolate is False
     assert url in text
     assert "RELAY_TEMPO_BASIC_AUTH" in text
     assert SECRET not in text
@@ -598,9 +598,8 @@ async def test_wrong_endpoint_points_at_the_setting(
     answer: Answer, scripted_server: ScriptedServer, make_sink: Callable[..., TempoSink]
 ) -> None:
     scripted_server.answer_next(answer)
-    with pytest.raises(PermanentError, match="RELAY_TEMPO_ENDPOINT") as caught:
+    with pytest.raises(MisconfiguredError, match="RELAY_TEMPO_ENDPOINT"):
         await make_sink(traces_url(scripted_server)).send([openrouter_event()])
-    assert caught.value.isolate is False
     assert len(scripted_server.requests) == 1  # the redirect was not followed
 
 

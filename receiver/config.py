@@ -7,15 +7,19 @@ variable at once. Defaults live here and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from receiver.settings import ConfigError, EnvReader, mask
 from sinks.base import DispatchSettings
 from sinks.registry import SinkConfig, SinkSpec, read_dispatch_settings, sink_specs
+from sinks.tempo import safe_url
 
 ContentPolicy = Literal["full", "redact", "hash"]
 
@@ -129,8 +133,55 @@ def _load(env: EnvReader) -> RelayConfig:
         log_level=env.choice("RELAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         sinks=sinks,
     )
+    for name, setup in sinks.items():
+        endpoint = getattr(setup.config, "endpoint", None)  # the sinks that post OTLP
+        if isinstance(endpoint, str) and points_at(endpoint, config.host, config.port):
+            env.problem(
+                f"RELAY_{name.upper()}_ENDPOINT",
+                f"{safe_url(endpoint)} is this relay itself (RELAY_PORT={config.port}): every"
+                " event would come back as a new event, forever. Tempo also listens on 4318 by"
+                " default: give the relay another RELAY_PORT or Tempo's own address",
+            )
     env.raise_problems()
     return config
+
+
+def points_at(url: str, host: str, port: int) -> bool:
+    """Whether ``url`` reaches a server listening on ``host:port`` on this machine."""
+    parts = urlsplit(url)
+    try:
+        url_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if url_port != port or not parts.hostname:
+        return False
+    listening = _addresses(host)
+    for address in _addresses(parts.hostname):
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified or _is_local(address)):
+            continue
+        if any(ipaddress.ip_address(a).is_unspecified for a in listening) or address in listening:
+            return True
+    return False
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {str(info[4][0]).split("%")[0] for info in infos}
+
+
+def _is_local(address: str) -> bool:
+    """Only an address of this machine can be bound."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 __all__ = ["ConfigError", "RelayConfig", "SinkSetup", "known_variables", "load_config"]

@@ -161,7 +161,17 @@ class Spool:
             " COALESCE((SELECT MAX(seq) FROM cursors), 0))"
         ).fetchone()
         # The mark may know of commits the database lost (a deleted or damaged WAL).
-        self.last_seq = max(stored, self._mark.read())
+        mark = self._mark.read()
+        self.last_seq = max(stored, mark)
+        if mark > stored and not self.problems:  # a fresh spool after a damaged one is empty
+            self.problems.append(
+                SpoolProblem(
+                    "events_missing",
+                    f"{self.path} lost its last commits, events {stored + 1} to {mark} (its"
+                    " write-ahead log was deleted, truncated or damaged): those of them not yet"
+                    " delivered to every sink are missing",
+                )
+            )
         known = dict(db.execute("SELECT sink, seq FROM cursors").fetchall())
         db.execute("BEGIN")
         for name in self.sinks:
@@ -176,13 +186,13 @@ class Spool:
             (present,) = db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (seq,)).fetchone()
             if name in known:
                 self.removed[name] = present
-            missing = self.last_seq - seq - present
+            missing = stored - seq - present
             if missing > 0:
                 self.problems.append(
                     SpoolProblem(
                         "events_missing",
                         f"{missing} acknowledged events owed to sink {name} are missing from"
-                        f" {self.path} (its write-ahead log was deleted, truncated or damaged)",
+                        f" {self.path} (deleted behind the relay's back)",
                     )
                 )
 

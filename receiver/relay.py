@@ -29,7 +29,7 @@ from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher, decode_records
 from sinks.spool import Spool, SpoolProblem
-from sinks.spool_files import remove_spool_files
+from sinks.spool_files import SpoolLockedError, remove_spool_files
 
 log = structlog.get_logger("relay")
 
@@ -143,7 +143,11 @@ class Relay:
 
     async def _adopt(self, path: Path) -> None:
         spool = Spool(path, 1 << 62, self.config.sinks)  # never appended to: no cap needed
-        await spool.open()
+        try:
+            await spool.open()
+        except SpoolLockedError as error:
+            log.warning("spool_not_adopted", path=str(path), reason=str(error))
+            return
         await self._settle(spool)
         owed = {name: spool.backlog(name) for name in self.sinks}
         log.warning("spool_adopted", path=str(path), worker=self.worker, backlog=owed)

@@ -388,11 +388,13 @@ class Spool:
         loop = asyncio.get_running_loop()
         previous_floor = min(self.cursors.values())
         self.cursors[sink] = upto
-        freed = await loop.run_in_executor(
-            self._executor, self._ack, sink, upto, min(self.cursors.values()) > previous_floor
-        )
+        try:
+            freed = await loop.run_in_executor(
+                self._executor, self._ack, sink, upto, min(self.cursors.values()) > previous_floor
+            )
+        finally:
+            self._acked.set()
         self.stored_bytes -= freed
-        self._acked.set()
 
     async def forget(self, sink: str) -> None:
         """Drop a removed sink's cursor once what it was owed is dead-lettered."""

@@ -92,10 +92,12 @@ class HighWaterMark:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
 
     def write(self, seq: int) -> None:
-        if self._fd is not None:
-            os.pwrite(
-                self._fd, _MARK.pack(seq, zlib.crc32(seq.to_bytes(8, "little")), _MARK_MAGIC), 0
-            )
+        """Record ``seq``; never raises: the commit it follows has happened whatever this does."""
+        if self._fd is None:
+            return
+        mark = _MARK.pack(seq, zlib.crc32(seq.to_bytes(8, "little")), _MARK_MAGIC)
+        with contextlib.suppress(OSError):  # a stale mark only makes the check at open weaker
+            os.pwrite(self._fd, mark, 0)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -424,9 +424,11 @@ class Spool:
     def _cleanup(self) -> int:
         """Delete events every sink is done with; returns the bytes freed."""
         assert self._db is not None
-        if not self.cursors:
+        # The cursors as recorded, not as in memory: a row goes only once every sink's recorded
+        # cursor has passed it, so after a crash no cursor points behind a deleted row.
+        (floor,) = self._db.execute("SELECT MIN(seq) FROM cursors").fetchone()
+        if floor is None:
             return 0
-        floor = min(self.cursors.values())
         freed = 0
         while True:
             db = self._db

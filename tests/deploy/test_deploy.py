@@ -396,7 +396,7 @@ def test_alert_rules_query_only_exported_metrics(exported_metrics: frozenset[str
 
 def test_dashboard_queries_use_the_relays_labels() -> None:
     labels = {"gateway", "provider", "upstream", "model", "status", "error_type", "type", "le"}
-    labels |= {"sink", "reason", "route", "format", "instance", "job"}
+    labels |= {"sink", "reason", "route", "format", "instance", "job", "problem"}
     for where, expr in dashboard_promql():
         for grouping in re.findall(r"\b(?:by|on)\s*\(([^()]*)\)", expr):
             used = {label.strip() for label in grouping.split(",") if label.strip()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import urllib3
 
 from tests.helpers.ports import free_port
@@ -123,3 +125,33 @@ class RelayProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill_all(self) -> None:
+        """``kill -9`` the relay and its worker processes (``RELAY_WORKERS`` > 1): for clean-up."""
+        if self.process is None:
+            return
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        self.kill()
+        psutil.wait_procs(children, timeout=10)
+
+    def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m receiver <args>`` (e.g. ``replay``) with the relay's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "receiver", *args],
+            cwd=ROOT,
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )

@@ -3,7 +3,8 @@
 Where no real peer can run here (the public Datadog intake, a Tempo that throttles), tests use this
 server. By default it answers ``default``; ``script`` queues answers that are used first, one per
 request; ``hang`` makes requests wait until released. A ``check`` callable can enforce the peer's
-documented contract strictly and turn a violation into a 400, as the real intake would.
+documented contract strictly and turn a violation into a 400, as the real intake would (or play a
+flaky peer: an ``Answer`` with a ``delay`` is sent that many seconds late).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Answer:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    # Seconds to wait before answering: a slow peer.
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class ScriptedServer:
         self.requests: list[Received] = []
         # The status answered to each request, in order (a held request has none yet).
         self.statuses: list[int] = []
+        # Each request with the status it was answered, in the order of the answers: unlike
+        # ``zip(requests, statuses)`` this stays right when slow answers overtake each other.
+        self.answered: list[tuple[Received, int]] = []
         self.hang = asyncio.Event()
         self.hang.set()
         self.port = free_port()
@@ -85,7 +91,10 @@ class ScriptedServer:
         answer = self.check(received) if self.check else None
         if answer is None:
             answer = self.script.pop(0) if self.script else self.default
+        if answer.delay > 0:
+            await asyncio.sleep(answer.delay)
         self.statuses.append(answer.status)
+        self.answered.append((received, answer.status))
         return web.Response(
             status=answer.status,
             body=answer.body,

@@ -311,7 +311,7 @@ def run_relay(
         "relay_status": {
             name: {
                 k: state.get(k)
-                for k in ("sent", "backlog", "retries", "dead_lettered", "dropped", "last_error")
+                for k in ("sent", "backlog", "retries", "dead_lettered", "last_error")
             }
             for name, state in status.get("sinks", {}).items()
         },

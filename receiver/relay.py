@@ -28,8 +28,9 @@ from receiver.setup_check import SinkCheck, check_sinks
 from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher, decode_records
-from sinks.spool import Spool, SpoolProblem
+from sinks.spool import Spool
 from sinks.spool_files import SpoolLockedError, remove_spool_files
+from sinks.spool_open import SpoolProblem
 
 log = structlog.get_logger("relay")
 
@@ -116,7 +117,11 @@ class Relay:
         for problem in spool.problems:
             self._report(problem)
         for name in list(spool.removed):
-            count = await self._dead_letter_owed(spool, name)
+            try:
+                count = await self._dead_letter_owed(spool, name)
+            except OSError as error:  # a full disk: keep them spooled, try again next start
+                log.error("sink_removed_kept", sink=name, error=str(error))
+                continue
             await spool.forget(name)
             if count:
                 log.warning(

@@ -15,10 +15,10 @@ in-flight batches are sent again (at-least-once; ``event_id`` lets receivers dro
 
 Sequence numbers never go backwards, whatever was deleted: the highest number ever given out is
 kept in the database (``meta``) and beside it (``spool_files.HighWaterMark``). At open the spool
-checks itself (SQLite's ``quick_check``, each cursor against the rows it is owed) and says what it
-found in ``problems``; a database SQLite cannot read is moved aside and a fresh one started, since
-refusing traffic would lose every gateway's events. A sink no longer enabled keeps its cursor until
-the relay has dead-lettered what it is still owed (``removed``, ``forget``).
+checks itself (``spool_open``) and says what it found in ``problems``. A sink no longer enabled
+keeps its cursor until the relay has dead-lettered what it is still owed (``removed``, ``forget``).
+While running, the database file is checked before each commit: events are never acknowledged into
+a file that was deleted.
 
 All database work runs in one dedicated thread; the event loop only waits on it.
 """
@@ -37,14 +37,8 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from schemas import LLMEvent
-from sinks.spool_files import (
-    FileIdentity,
-    HighWaterMark,
-    SpoolLock,
-    can_write,
-    connect_checked,
-    move_aside,
-)
+from sinks.spool_files import FileIdentity, HighWaterMark, SpoolLock, can_write
+from sinks.spool_open import SpoolProblem, open_checked
 
 # How long a commit waits for more appends to share it: the ack latency it adds.
 COMMIT_GATHER_SECONDS: Final = 0.001
@@ -59,14 +53,6 @@ TAIL_BYTES: Final = 8 * 1024 * 1024
 
 class SpoolFullError(Exception):
     """The spool cannot take these events (full, unwritable or closing): ingest must answer 503."""
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolProblem:
-    """Something wrong with the spool, found at open or while running, for logs and status."""
-
-    kind: str  # damaged, events_missing, write_failed, files_gone
-    message: str
 
 
 class Record(NamedTuple):
@@ -128,73 +114,22 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
-            try:
-                db = connect_checked(self.path)
-            except sqlite3.DatabaseError as error:
-                moved = move_aside(self.path)
-                self.problems.append(
-                    SpoolProblem(
-                        "damaged",
-                        f"{self.path} cannot be read ({error}): moved to {moved} for recovery"
-                        " and started a fresh spool; the events it held are not delivered",
-                    )
-                )
-                db = connect_checked(self.path)
-            self._load(db)
+            opened = open_checked(self.path, self.sinks, self._mark.read())
         except BaseException:
             self._lock.release()
             raise
-        self._db = db
+        self._db = opened.db
+        self.last_seq = opened.last_seq
+        self.cursors = opened.cursors
+        self.removed = opened.removed
+        self.problems = opened.problems
         self._cleanup()
-        self.stored_bytes = db.execute(
+        self.stored_bytes = opened.db.execute(
             "SELECT COALESCE(SUM(length(body)), 0) FROM events"
         ).fetchone()[0]
         self._identity = FileIdentity(self.path)
         self._mark.open()
         self._mark.write(self.last_seq)
-
-    def _load(self, db: sqlite3.Connection) -> None:
-        """Numbering, cursors and removed sinks from the database, checked against each other."""
-        (stored,) = db.execute(
-            "SELECT MAX(COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0),"
-            " COALESCE((SELECT MAX(seq) FROM events), 0),"
-            " COALESCE((SELECT MAX(seq) FROM cursors), 0))"
-        ).fetchone()
-        # The mark may know of commits the database lost (a deleted or damaged WAL).
-        mark = self._mark.read()
-        self.last_seq = max(stored, mark)
-        if mark > stored and not self.problems:  # a fresh spool after a damaged one is empty
-            self.problems.append(
-                SpoolProblem(
-                    "events_missing",
-                    f"{self.path} lost its last commits, events {stored + 1} to {mark} (its"
-                    " write-ahead log was deleted, truncated or damaged): those of them not yet"
-                    " delivered to every sink are missing",
-                )
-            )
-        known = dict(db.execute("SELECT sink, seq FROM cursors").fetchall())
-        db.execute("BEGIN")
-        for name in self.sinks:
-            # A newly enabled sink starts with what arrives from now on; `replay` sends history.
-            self.cursors[name] = known.pop(name, self.last_seq)
-            db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (name, self.cursors[name]))
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('high_water', ?)", (self.last_seq,))
-        db.execute("COMMIT")
-        for name, seq in known.items():
-            self.cursors[name] = seq
-        for name, seq in self.cursors.items():
-            (present,) = db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (seq,)).fetchone()
-            if name in known:
-                self.removed[name] = present
-            missing = stored - seq - present
-            if missing > 0:
-                self.problems.append(
-                    SpoolProblem(
-                        "events_missing",
-                        f"{missing} acknowledged events owed to sink {name} are missing from"
-                        f" {self.path} (deleted behind the relay's back)",
-                    )
-                )
 
     async def close(self) -> None:
         if self._closed:
@@ -216,18 +151,19 @@ class Spool:
         self._lock.release()
 
     async def check(self) -> SpoolProblem | None:
-        """What keeps the spool from storing right now: its file gone, or the disk refusing."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._check)
+        """What keeps the spool from storing right now: its file gone, or the disk refusing.
 
-    def _check(self) -> SpoolProblem | None:
-        gone = self._identity.problem() if self._identity is not None else None
+        Not on the spool's thread, which a long cleanup may hold: readiness must answer fast.
+        """
+        gone = self._identity.problem() if self._identity is not None else None  # one stat
         if gone is not None:
             return SpoolProblem("files_gone", gone)
-        if self.write_error is not None:
-            if not can_write(self.path.parent):
-                return SpoolProblem("write_failed", self.write_error)
-            self.write_error = None
+        error = self.write_error
+        if error is not None:
+            if not await asyncio.to_thread(can_write, self.path.parent):
+                return SpoolProblem("write_failed", error)
+            if self.write_error == error:
+                self.write_error = None
         return None
 
     # -- writing ---------------------------------------------------------------------------------

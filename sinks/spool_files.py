@@ -10,8 +10,6 @@ SQLite keeps the events; these few things it cannot know about are kept beside i
   holds less, committed transactions were lost with a deleted, truncated or damaged write-ahead
   log, which SQLite itself cannot notice. The mark can only lag, never lead, so it never raises a
   false alarm.
-- ``connect_checked``: SQLite's ``quick_check`` at open, so that damage is found at start, not
-  when a sink's dispatcher reaches the damaged page.
 - ``damaged/``: a database that SQLite cannot read is moved there with its WAL, kept for recovery,
   and the relay starts a fresh one instead of refusing traffic.
 
@@ -23,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import sqlite3
 import struct
 import time
 import zlib
@@ -144,30 +141,6 @@ def remove_spool_files(db_path: Path) -> None:
     for suffix in (*SQLITE_SUFFIXES, ".seq", ".lock"):
         with contextlib.suppress(FileNotFoundError):
             db_path.with_name(db_path.name + suffix).unlink()
-
-
-def connect_checked(path: Path) -> sqlite3.Connection:
-    """Open the database, check it page by page, and create what is missing."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        verdict = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
-        if verdict != ["ok"]:
-            raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(verdict))
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS events"
-            " (seq INTEGER PRIMARY KEY, received REAL NOT NULL, body BLOB NOT NULL)"
-        )
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
-        )
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('high_water', 0)")
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 def can_write(directory: Path) -> bool:

@@ -24,7 +24,6 @@ import asyncio
 import os
 import random
 import shutil
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from tests.helpers.oracle import (
 from tests.helpers.otlp_peer import OK
 from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import ScriptedServer
+from tests.helpers.tmpfs import small_tmpfs
 from tests.helpers.waiting import eventually
 
 BATCH: Final = 25
@@ -368,25 +368,9 @@ async def test_a_sink_switched_off_and_on(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs: a disk that fills up. Needs root (mount)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("disk-full scenario: needs root to mount a 16 MiB tmpfs")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"disk-full scenario: cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    """A 16 MiB tmpfs: a disk that fills up (skipped where it cannot be mounted)."""
+    with small_tmpfs(tmp_path / "disk", 16 << 20) as mount_point:
         yield mount_point
-    finally:
-        unmounted = subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
-        if unmounted.returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
 
 
 def fill(path: Path, leave: int) -> None:

@@ -72,6 +72,16 @@ FAST: Final = {
 BATCHES: Final = {"file": BATCH, "tempo": BATCH}
 
 
+def file_and_tempo(peer: ScriptedServer, **settings: str) -> dict[str, str]:
+    """The relay's environment with the file sink and a Tempo sink pointing at ``peer``."""
+    return {
+        **FAST,
+        "RELAY_SINKS": "file,tempo",
+        "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces",
+        **settings,
+    }
+
+
 class SeededRandom(random.Random):
     """A test's source of random choices, remembering its seed for the failure message."""
 
@@ -160,7 +170,7 @@ async def test_low_rate_kills_and_restarts_with_a_flaky_tempo(
     peer.check = flaky
     await peer.start()
     ledger = Ledger()
-    env = {**FAST, "RELAY_SINKS": "file,tempo", "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces"}
+    env = file_and_tempo(peer)
     relay = RelayProcess(tmp_path / "data", env)
     tally = PeerTally(peer)
     oracle = Oracle(scenario, ledger, relay.data_dir, ["file", "tempo"], BATCHES, tally)
@@ -206,13 +216,7 @@ async def test_high_rate_kill_9_mid_stream(
     await peer.start()
     ledger = Ledger()
     batch = 100
-    env = {
-        **FAST,
-        "RELAY_SINKS": "file,tempo",
-        "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces",
-        "RELAY_FILE_BATCH_SIZE": str(batch),
-        "RELAY_TEMPO_BATCH_SIZE": str(batch),
-    }
+    env = file_and_tempo(peer, RELAY_FILE_BATCH_SIZE=str(batch), RELAY_TEMPO_BATCH_SIZE=str(batch))
     relay = RelayProcess(tmp_path / "data", env)
     batches = {"file": batch, "tempo": batch}
     oracle = Oracle(scenario, ledger, relay.data_dir, ["file", "tempo"], batches, PeerTally(peer))
@@ -252,12 +256,7 @@ async def test_fewer_workers_after_a_restart(
     """Spools of 2 workers hold Tempo's backlog; the relay comes back with 1 worker."""
     scenario = seeded(rng, "RELAY_WORKERS 2 -> 1, Tempo down then up")
     ledger = Ledger()
-    env = {
-        **FAST,
-        "RELAY_SINKS": "file,tempo",
-        "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces",  # nothing listens there yet
-        "RELAY_WORKERS": "2",
-    }
+    env = file_and_tempo(peer, RELAY_WORKERS="2")  # nothing listens at the peer's port yet
     relay = RelayProcess(tmp_path / "data", env)
     data = relay.data_dir
     oracle = Oracle(scenario, ledger, data, ["file", "tempo"], BATCHES, PeerTally(peer))
@@ -297,7 +296,7 @@ async def test_a_sink_switched_off_and_on(
     """Tempo down, then disabled: what it owed goes to dead letters; replay delivers it."""
     scenario = seeded(rng, "a sink switched off and on")
     ledger = Ledger()
-    env = {**FAST, "RELAY_SINKS": "file,tempo", "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces"}
+    env = file_and_tempo(peer)
     relay = RelayProcess(tmp_path / "data", env)
     data = relay.data_dir
     tally = PeerTally(peer)
@@ -399,7 +398,7 @@ async def test_disk_full(
     scenario = seeded(rng, "disk full")
     await peer.start()
     ledger = Ledger()
-    env = {**FAST, "RELAY_SINKS": "file,tempo", "RELAY_TEMPO_ENDPOINT": peer.url + "/v1/traces"}
+    env = file_and_tempo(peer)
     relay = RelayProcess(small_disk / "data", env)
     relay.log_path = tmp_path / "relay.log"  # the log must not compete for the small disk
     oracle = Oracle(scenario, ledger, relay.data_dir, ["file", "tempo"], BATCHES, PeerTally(peer))

@@ -1,0 +1,117 @@
+"""The dispatcher outlives any failure: a sink's bug on one event, a row that holds no event.
+
+The sink is the real file sink, with a fault injected in front of it where a test needs one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import orjson
+import pytest
+
+from receiver.metrics import Metrics
+from schemas import LLMEvent
+from sinks.base import DispatchSettings, ProbeResult, SendResult
+from sinks.dead_letters import DeadLetters
+from sinks.dispatcher import Dispatcher
+from sinks.file import FileSink, FileSinkConfig
+from sinks.spool import Spool
+from tests.helpers.payloads import stored_event
+
+SETTINGS = DispatchSettings(batch_size=8, flush_interval=0.01, initial_backoff=0.01)
+
+
+class BuggyOnPoison:
+    """The file sink behind a bug that fails (not a ``SinkError``) on any batch with a poison."""
+
+    name: ClassVar[str] = "file"
+
+    def __init__(self, inner: FileSink) -> None:
+        self.inner = inner
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
+        if any(event.get("request_model") == "poison" for event in events):
+            raise KeyError("a bug meeting an odd event")
+        return await self.inner.send(events)
+
+    async def probe(self) -> ProbeResult:
+        return await self.inner.probe()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    opened = Spool(tmp_path / "spool.sqlite3", 1 << 30, ["file"])
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def deliver_all(spool: Spool, sink: FileSink | BuggyOnPoison, tmp_path: Path) -> Dispatcher:
+    dead_letters = DeadLetters(tmp_path / "dead-letter")
+    dispatcher = Dispatcher(sink, SETTINGS, spool, dead_letters, Metrics())
+    await sink.start()
+    dispatcher.start()
+    try:
+        await spool.wait_resolved("file")
+        assert dispatcher.running
+    finally:
+        await dispatcher.stop(1.0)
+        await sink.close()
+        dead_letters.close()
+    return dispatcher
+
+
+def written(path: Path) -> list[str]:
+    return [orjson.loads(line)["event_id"] for line in path.read_bytes().splitlines()]
+
+
+def dead_lettered(tmp_path: Path) -> list[dict[str, object]]:
+    path = tmp_path / "dead-letter" / "file.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def test_a_sink_bug_on_one_event_dead_letters_that_event_only(
+    tmp_path: Path, spool: Spool
+) -> None:
+    events = [stored_event(i) for i in range(20)]
+    events[13]["request_model"] = "poison"
+    await spool.append([orjson.dumps(e) for e in events])
+    output = tmp_path / "out.jsonl"
+    sink = BuggyOnPoison(FileSink(FileSinkConfig(output)))
+
+    dispatcher = await deliver_all(spool, sink, tmp_path)
+
+    assert written(output) == [e["event_id"] for e in events if e is not events[13]]
+    (line,) = dead_lettered(tmp_path)
+    assert line["reason"] == "rejected"
+    assert line["event"] == events[13]
+    assert "a bug meeting an odd event" in str(line["error"])
+    assert dispatcher.status.dead_lettered == 1
+
+
+async def test_a_row_that_is_not_an_event_is_kept_raw_and_skipped(
+    tmp_path: Path, spool: Spool
+) -> None:
+    before, after = stored_event(1), stored_event(2)
+    rows = [orjson.dumps(before), b"\xff not json", b"[1, 2]", orjson.dumps(after)]
+    await spool.append(rows)
+    output = tmp_path / "out.jsonl"
+
+    await deliver_all(spool, FileSink(FileSinkConfig(output)), tmp_path)
+
+    assert written(output) == [before["event_id"], after["event_id"]]
+    kept = dead_lettered(tmp_path)
+    assert [base64.b64decode(str(line["raw_base64"])) for line in kept] == rows[1:3]
+    assert {line["reason"] for line in kept} == {"undecodable"}

@@ -13,10 +13,12 @@ acknowledged event survives both a process crash (``kill -9``) and an OS crash o
 A sink's cursor moves only after its batch was delivered or dead-lettered, so after a crash
 in-flight batches are sent again (at-least-once; ``event_id`` lets receivers drop the duplicates).
 
-Sequence numbers never go backwards, whatever was deleted: the highest number ever given out is
-kept in the database (``meta``) and beside it (``spool_files.HighWaterMark``). At open the spool
-checks itself (``spool_open``) and says what it found in ``problems``. A sink no longer enabled
-keeps its cursor until the relay has dead-lettered what it is still owed (``removed``, ``forget``).
+Sequence numbers never go backwards, whatever was deleted: rows are deleted only behind every
+recorded cursor, so the highest row or cursor is the highest number ever given out, and a mark
+beside the database (``spool_files.HighWaterMark``) notices commits the database lost. At open
+the spool checks itself (``spool_open``) and says what it found in ``problems``. A sink no longer
+enabled keeps its cursor until the relay has dead-lettered what it is still owed (``removed``,
+``forget``).
 While running, the database file is checked before each commit: events are never acknowledged into
 a file that was deleted.
 
@@ -260,7 +262,6 @@ class Spool:
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
-            db.execute("UPDATE meta SET value = ? WHERE key = 'high_water'", (seq,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -78,8 +78,6 @@ def connect_checked(path: Path) -> sqlite3.Connection:
         db.execute(
             "CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
         )
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('high_water', 0)")
     except BaseException:
         db.close()
         raise
@@ -88,9 +86,10 @@ def connect_checked(path: Path) -> sqlite3.Connection:
 
 def _load(db: sqlite3.Connection, path: Path, sinks: Sequence[str], mark: int) -> OpenedSpool:
     """Numbering, cursors and removed sinks from the database, checked against each other."""
+    # Rows go only once every recorded cursor has passed them (``Spool._cleanup``): the highest
+    # row or cursor is the highest number the database ever gave out.
     (stored,) = db.execute(
-        "SELECT MAX(COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0),"
-        " COALESCE((SELECT MAX(seq) FROM events), 0),"
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0),"
         " COALESCE((SELECT MAX(seq) FROM cursors), 0))"
     ).fetchone()
     opened = OpenedSpool(db, max(stored, mark))
@@ -109,7 +108,6 @@ def _load(db: sqlite3.Connection, path: Path, sinks: Sequence[str], mark: int) -
         # A newly enabled sink starts with what arrives from now on; `replay` sends history.
         opened.cursors[name] = known.pop(name, opened.last_seq)
         db.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (name, opened.cursors[name]))
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('high_water', ?)", (opened.last_seq,))
     db.execute("COMMIT")
     opened.cursors.update(known)
     for name, seq in opened.cursors.items():

@@ -262,8 +262,11 @@ class Relay:
         # A scrape refreshes the gauges too; this keeps them current for the other workers'
         # scrapes when RELAY_WORKERS > 1 (each worker can only measure its own spool).
         while True:
-            await self.check_spool()
-            await self.refresh_gauges()
+            try:
+                await self.check_spool()
+                await self.refresh_gauges()
+            except Exception:  # a database error (a full disk) must not end the watch
+                log.exception("watch_failed")
             await asyncio.sleep(GAUGE_INTERVAL)
 
     async def refresh_gauges(self) -> None:

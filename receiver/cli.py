@@ -7,9 +7,11 @@ import asyncio
 import gc
 import gzip
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -90,8 +92,9 @@ def _run_worker(config: RelayConfig, worker: int) -> int:
     _install_uvloop()
     try:
         asyncio.run(_serve(config, worker))
-    except SpoolLockedError as error:
-        print(f"llm-broadcast-relay: {error}", file=sys.stderr)
+    except (SpoolLockedError, sqlite3.Error, OSError) as error:
+        # The spool cannot be opened (another relay, a full disk): nothing was acknowledged.
+        print(f"llm-broadcast-relay: worker {worker}: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -151,13 +154,30 @@ def _serve_locked(config: RelayConfig) -> int:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in workers:
-        process.join()
-        if process.pid is not None:
-            worker_exited(process.pid)
-    return max((p.exitcode or 0) for p in workers)
+    stopping = fault = False
+
+    def stop(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        forward(signum, _)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    running = list(workers)
+    while running:
+        multiprocessing.connection.wait([p.sentinel for p in running])
+        for process in [p for p in running if not p.is_alive()]:
+            running.remove(process)
+            if process.pid is not None:
+                worker_exited(process.pid)
+            if not stopping:
+                # A worker's spool is read by that worker alone: rather than leave it stranded,
+                # stop the relay whole so that its supervisor restarts every worker.
+                log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+                stopping = fault = True
+                forward(signal.SIGTERM, None)
+    codes = [p.exitcode or 0 for p in workers]
+    return max(1, *codes) if fault else max(codes)
 
 
 def _worker_process(config: RelayConfig, worker: int) -> None:

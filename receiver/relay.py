@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,10 +120,10 @@ class Relay:
         for name in list(spool.removed):
             try:
                 count = await self._dead_letter_owed(spool, name)
-            except OSError as error:  # a full disk: keep them spooled, try again next start
+                await spool.forget(name)
+            except (OSError, sqlite3.Error) as error:  # a full disk: keep them, retry next start
                 log.error("sink_removed_kept", sink=name, error=str(error))
                 continue
-            await spool.forget(name)
             if count:
                 log.warning(
                     "sink_removed",
@@ -150,10 +151,11 @@ class Relay:
         spool = Spool(path, 1 << 62, self.config.sinks)  # never appended to: no cap needed
         try:
             await spool.open()
-        except SpoolLockedError as error:
-            log.warning("spool_not_adopted", path=str(path), reason=str(error))
+            await self._settle(spool)
+        except (SpoolLockedError, OSError, sqlite3.Error) as error:  # left for the next start
+            log.error("spool_not_adopted", path=str(path), reason=str(error))
+            await spool.close()
             return
-        await self._settle(spool)
         owed = {name: spool.backlog(name) for name in self.sinks}
         log.warning("spool_adopted", path=str(path), worker=self.worker, backlog=owed)
         dispatchers = self._dispatchers(spool)
@@ -169,6 +171,9 @@ class Relay:
         await asyncio.gather(*(d.stop(self.config.shutdown_grace) for d in dispatchers.values()))
         await spool.close()
         del self.adopted[path]
+        if spool.removed:  # a removed sink's events could not be dead-lettered: keep them
+            log.error("spool_adopted_kept", path=str(path), owed=spool.removed)
+            return
         remove_spool_files(path)
         log.info("spool_adopted_drained", path=str(path), worker=self.worker)
 

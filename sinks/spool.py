@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import sqlite3
 import time
@@ -103,6 +104,8 @@ class Spool:
         self.problems: list[SpoolProblem] = []
         # Why the last commit failed, until one succeeds or the disk takes writes again.
         self.write_error: str | None = None
+        # Sinks whose cursor moved in memory but could not be recorded yet.
+        self._unrecorded: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -166,6 +169,9 @@ class Spool:
                 return SpoolProblem("write_failed", error)
             if self.write_error == error:
                 self.write_error = None
+        if self._unrecorded:
+            with contextlib.suppress(sqlite3.Error):  # still refused: tried again next time
+                await self.record_cursors()
         return None
 
     # -- writing ---------------------------------------------------------------------------------
@@ -216,19 +222,15 @@ class Spool:
                 except Exception as error:  # every waiter must hear of it; nothing was stored
                     self._pending_bytes -= size
                     self.write_error = f"spool write failed: {error}"
-                    for item in batch:
-                        if not item.done.done():
-                            item.done.set_exception(SpoolFullError(self.write_error))
-                    continue
-                self.write_error = None
-                self._remember(batch)
-                self.stored_bytes += size
-                self._pending_bytes -= size
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_result(None)
-                for event in self._new_data.values():
-                    event.set()
+                    _settle(batch, SpoolFullError(self.write_error))
+                else:
+                    self.write_error = None
+                    self._remember(batch)
+                    self.stored_bytes += size
+                    self._pending_bytes -= size
+                    _settle(batch, None)
+                    for event in self._new_data.values():
+                        event.set()
             if self._closed and not self._pending:
                 return
 
@@ -265,7 +267,8 @@ class Spool:
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    db.execute("ROLLBACK")
             raise
         self._mark.write(seq)
 
@@ -319,8 +322,8 @@ class Spool:
         """Everything up to ``upto`` is resolved for ``sink``: delivered or dead-lettered.
 
         The cursor moves in memory at once; if the database cannot record it (a full disk), the
-        error is raised and the next ack records a later position: meanwhile a crash would only
-        send these events again.
+        error is raised and ``record_cursors`` records it later: meanwhile a crash would only send
+        these events again.
         """
         loop = asyncio.get_running_loop()
         previous_floor = min(self.cursors.values())
@@ -329,9 +332,27 @@ class Spool:
             freed = await loop.run_in_executor(
                 self._executor, self._ack, sink, upto, min(self.cursors.values()) > previous_floor
             )
+        except Exception:
+            self._unrecorded.add(sink)
+            raise
         finally:
             self._acked.set()
+        self._unrecorded.discard(sink)
         self.stored_bytes -= freed
+
+    async def record_cursors(self) -> None:
+        """Record the cursors an ack could not (a full disk then), and free what they allow.
+
+        Without it a sink with nothing more to send would leave its rows pinned, and a full spool
+        full, until the next start.
+        """
+        loop = asyncio.get_running_loop()
+        for sink in list(self._unrecorded):
+            upto = self.cursors[sink]
+            freed = await loop.run_in_executor(self._executor, self._ack, sink, upto, True)
+            if self.cursors.get(sink) == upto:
+                self._unrecorded.discard(sink)
+            self.stored_bytes -= freed
 
     async def forget(self, sink: str) -> None:
         """Drop a removed sink's cursor once what it was owed is dead-lettered."""
@@ -384,6 +405,16 @@ class Spool:
             freed += int(size)
             if upto >= floor:
                 return freed
+
+
+def _settle(batch: list[_PendingAppend], error: Exception | None) -> None:
+    """Answer every append of a commit: stored, or the error that kept it from being stored."""
+    for item in batch:
+        if not item.done.done():
+            if error is None:
+                item.done.set_result(None)
+            else:
+                item.done.set_exception(error)
 
 
 def _bounded(records: Iterable[Record], max_bytes: int) -> list[Record]:

@@ -14,8 +14,13 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from sinks.spool_files import move_aside
+
+# SQLite's primary result codes for a damaged file (https://www.sqlite.org/rescode.html).
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +43,17 @@ class OpenedSpool:
 
 
 def open_checked(path: Path, sinks: Sequence[str], mark: int) -> OpenedSpool:
-    """Open the spool at ``path`` for ``sinks``; ``mark`` is the high-water mark kept beside it."""
+    """Open the spool at ``path`` for ``sinks``; ``mark`` is the high-water mark kept beside it.
+
+    Only damage moves the database aside: any other failure to open it (a full disk, too many
+    open files, permissions) is raised, and the spool stays where it is for the next start.
+    """
     problems: list[SpoolProblem] = []
     try:
         db = connect_checked(path)
     except sqlite3.DatabaseError as error:
+        if not is_damage(error):
+            raise
         moved = move_aside(path)
         problems.append(
             SpoolProblem(
@@ -51,7 +62,10 @@ def open_checked(path: Path, sinks: Sequence[str], mark: int) -> OpenedSpool:
                 " fresh spool; the events it held are not delivered",
             )
         )
-        db = connect_checked(path)
+        try:
+            db = connect_checked(path)
+        except sqlite3.Error as again:
+            raise sqlite3.OperationalError(f"{problems[0].message}; then: {again}") from again
         mark = 0  # the fresh spool is empty by design: nothing is missing from it
     try:
         opened = _load(db, path, sinks, mark)
@@ -62,6 +76,18 @@ def open_checked(path: Path, sinks: Sequence[str], mark: int) -> OpenedSpool:
     return opened
 
 
+class DamagedError(sqlite3.DatabaseError):
+    """SQLite's integrity check found the database damaged."""
+
+
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether the file itself is bad (corrupt, or not a database), not the disk or the process."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, DamagedError) or (
+        code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
+
+
 def connect_checked(path: Path) -> sqlite3.Connection:
     """Open the database, check it page by page, and create what is missing."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -70,7 +96,7 @@ def connect_checked(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")
         verdict = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
         if verdict != ["ok"]:
-            raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(verdict))
+            raise DamagedError("integrity check failed: " + "; ".join(verdict))
         db.execute(
             "CREATE TABLE IF NOT EXISTS events"
             " (seq INTEGER PRIMARY KEY, received REAL NOT NULL, body BLOB NOT NULL)"

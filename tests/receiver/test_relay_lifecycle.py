@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from tests.helpers.payloads import otlp_json_spans, span_ids
@@ -242,3 +243,22 @@ def test_a_row_that_does_not_decode_is_dead_lettered_not_retried_forever(
     assert line["reason"] == "undecodable"
     assert base64.b64decode(line["raw_base64"]) == broken
     assert relay.get_json("/v1/status")["sinks"]["file"]["dead_lettered"] == 1
+
+
+def test_a_worker_that_dies_stops_the_relay_so_its_spool_is_not_stranded(
+    tmp_path: Path,
+) -> None:
+    """Only worker N reads spool N: if it dies alone, the relay exits for its supervisor."""
+    relay = RelayProcess(tmp_path / "data", {"RELAY_SINKS": "file", "RELAY_WORKERS": "2"})
+    try:
+        relay.start()
+        assert relay.process is not None
+        workers = psutil.Process(relay.process.pid).children()
+        assert len(workers) == 2
+        workers[0].kill()
+        code = relay.process.wait(30)
+        assert code != 0
+        assert "worker_exited" in relay.log()
+        assert not any(worker.is_running() for worker in workers)
+    finally:
+        relay.kill_all()

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from sinks.spool import Spool, SpoolFullError
+from tests.helpers.tmpfs import fill_up, small_tmpfs
 
 
 async def opened(path: Path, sinks: list[str], max_bytes: int = 1 << 30) -> Spool:
@@ -111,3 +112,31 @@ async def test_recent_events_are_read_decoded_and_older_ones_from_disk(tmp_path:
     recent = await spool.read("a", 10, 1 << 20)
     assert [r.event for r in recent] == [{"n": i} for i in range(total - 5, total)]
     await spool.close()
+
+
+async def test_a_full_disk_at_open_leaves_the_spool_where_it_is(tmp_path: Path) -> None:
+    """Only damage moves a spool aside: a disk that is full at start is not damage."""
+    with small_tmpfs(tmp_path / "disk", 4 << 20) as disk:
+        path = disk / "spool.sqlite3"
+        spool = await opened(path, ["a"])
+        await spool.append([b"kept-1", b"kept-2"])
+        await spool.close()  # a clean close removes the -shm file: the next open must make it
+        ballast = fill_up(disk)
+        with pytest.raises(sqlite3.Error):
+            await opened(path, ["a"])
+        assert not (disk / "damaged").exists()
+        ballast.unlink()
+        spool = await opened(path, ["a"])
+        assert spool.problems == []
+        assert [r.body for r in await spool.read("a", 10, 1 << 20)] == [b"kept-1", b"kept-2"]
+        await spool.close()
+
+
+async def test_closing_while_a_commit_fails_does_not_hang(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 4 << 20) as disk:
+        spool = await opened(disk / "spool.sqlite3", ["a"])
+        fill_up(disk)
+        append = asyncio.ensure_future(spool.append([b"x" * (1 << 20)]))
+        await asyncio.wait_for(spool.close(), 10)
+        with pytest.raises(SpoolFullError, match="spool write failed"):
+            await append

@@ -130,8 +130,14 @@ class FileSink:
         rotated = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
         os.replace(path, rotated)
         if self.config.compress != "none":
-            compressed = rotated.with_name(rotated.name + _SUFFIX[self.config.compress])
-            partial = compressed.with_name(compressed.name + ".partial")
+            self._compress(rotated)
+        self._prune()
+
+    def _compress(self, rotated: Path) -> None:
+        """Replace a rotated file by its compressed copy; on a full disk keep it uncompressed."""
+        compressed = rotated.with_name(rotated.name + _SUFFIX[self.config.compress])
+        partial = compressed.with_name(compressed.name + ".partial")
+        try:
             with open(rotated, "rb") as source, open(partial, "wb") as target:
                 if self.config.compress == "gzip":
                     with gzip.GzipFile(fileobj=target, mode="wb", compresslevel=6) as stream:
@@ -141,8 +147,12 @@ class FileSink:
                 target.flush()
                 os.fsync(target.fileno())
             os.replace(partial, compressed)
-            rotated.unlink()
-        self._prune()
+        except OSError as error:
+            # The rotated file is whole and readable as it is: give back the partial copy's space.
+            partial.unlink(missing_ok=True)
+            log.warning("rotated_file_not_compressed", path=str(rotated), error=str(error))
+            return
+        rotated.unlink()
 
     def rotated_files(self) -> list[Path]:
         """Rotated files, oldest first (their names sort by time)."""

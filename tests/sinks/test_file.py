@@ -180,3 +180,26 @@ def test_bad_settings_are_all_named(tmp_path: Path) -> None:
     assert len(env.problems) == 3
     for name in ("RELAY_FILE_MAX_MB", "RELAY_FILE_COMPRESS", "RELAY_FILE_MAX_BACKUPS"):
         assert any(problem.startswith(name) for problem in env.problems)
+
+
+async def test_rotation_on_a_full_disk_keeps_the_backup_uncompressed(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 1 << 20) as disk:
+        path = disk / "events.jsonl"
+        sink = FileSink(FileSinkConfig(path=path, max_bytes=64 * 1024, compress="gzip"))
+        first = [event(i, padding=1000) for i in range(60)]  # about 70 KiB: one rotation due
+        try:
+            await sink.send(first)
+            ballast = fill_up(disk)
+            later = [event(100)]
+            with pytest.raises(RetryableError):  # rotated, not compressed, then no room to write
+                await sink.send(later)
+            assert not list(disk.glob("*.partial")), "a partial copy kept taking space"
+            ballast.unlink()
+            await sink.send(later)
+        finally:
+            await sink.close()
+        (backup,) = sink.rotated_files()
+        assert backup.suffix == ".jsonl"  # readable as it is
+        lines = [*backup.read_bytes().splitlines(), *path.read_bytes().splitlines()]
+    ids = [orjson.loads(line)["event_id"] for line in lines]
+    assert ids == [e["event_id"] for e in first + later]

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and runs as a separate process in the tests.
 AGENT_VENV := .venv-testagent
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit oracle bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ unit: $(BIN)/.installed $(AGENT_VENV)/.installed
 	DDAPM_TEST_AGENT=$(CURDIR)/$(AGENT_VENV)/bin/ddapm-test-agent $(BIN)/pytest
 
 test: lint typecheck unit
+
+# The restart/kill oracle, ten times longer than in `make test` (about ten minutes);
+# ORACLE_SEED=<n> replays a run, ORACLE_SCALE sets the length.
+oracle: $(BIN)/.installed
+	ORACLE_SCALE=$${ORACLE_SCALE:-10} $(BIN)/pytest tests/test_oracle.py -p no:cacheprovider --timeout 3600
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

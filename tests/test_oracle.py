@@ -55,6 +55,8 @@ from tests.helpers.tmpfs import small_tmpfs
 from tests.helpers.waiting import eventually
 
 BATCH: Final = 25
+# How many times longer the restart loops run: 1 in `make test`, more in `make oracle`.
+SCALE: Final = max(1, int(os.environ.get("ORACLE_SCALE") or 1))
 # Fast retries and a short grace, so that many stops and restarts fit in a few seconds each.
 FAST: Final = {
     "RELAY_SHUTDOWN_GRACE": "1",
@@ -175,7 +177,7 @@ async def test_low_rate_kills_and_restarts_with_a_flaky_tempo(
     tally = PeerTally(peer)
     oracle = Oracle(scenario, ledger, relay.data_dir, ["file", "tempo"], BATCHES, tally)
     try:
-        for _ in range(20):
+        for _ in range(20 * SCALE):
             await start_relay(relay, ledger)
             stop_posting = threading.Event()
             poster = asyncio.create_task(
@@ -221,7 +223,7 @@ async def test_high_rate_kill_9_mid_stream(
     batches = {"file": batch, "tempo": batch}
     oracle = Oracle(scenario, ledger, relay.data_dir, ["file", "tempo"], batches, PeerTally(peer))
     try:
-        for _ in range(5):
+        for _ in range(5 * SCALE):
             await start_relay(relay, ledger)
             stop_posting = threading.Event()
             posters = [

@@ -33,7 +33,7 @@ from receiver.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
-from sinks.spool_files import SpoolLock, SpoolLockedError
+from sinks.spool_files import ProcessLock, SpoolLockedError
 
 log = structlog.get_logger("relay")
 # Allocations between two young-generation collections (CPython's default: 700).
@@ -117,7 +117,7 @@ def _check_can_listen(config: RelayConfig) -> str | None:
 
 
 def serve(config: RelayConfig) -> int:
-    lock = SpoolLock(config.data_dir / "relay")
+    lock = ProcessLock(config.data_dir / "relay.lock")
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()

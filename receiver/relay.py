@@ -28,8 +28,8 @@ from receiver.metrics import Metrics
 from receiver.setup_check import SinkCheck, check_sinks
 from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
-from sinks.dispatcher import Dispatcher, decode_records
-from sinks.spool import Spool
+from sinks.dispatcher import Dispatcher
+from sinks.spool import Spool, decode_records
 from sinks.spool_files import SpoolLockedError, remove_spool_files
 from sinks.spool_open import SpoolProblem
 
@@ -264,8 +264,9 @@ class Relay:
         }
 
     async def _watch_forever(self) -> None:
-        # A scrape refreshes the gauges too; this keeps them current for the other workers'
-        # scrapes when RELAY_WORKERS > 1 (each worker can only measure its own spool).
+        # Notices a spool that stopped taking writes (and when it takes them again), and keeps
+        # the gauges current for the other workers' scrapes when RELAY_WORKERS > 1 (each worker
+        # can only measure its own spool; a scrape refreshes them too).
         while True:
             try:
                 await self.check_spool()

@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 from receiver.normalizers.common import rfc3339_ns
 from schemas import LLMEvent
 from sinks.line_file import LineFile
-
-log = structlog.get_logger("relay.dead_letters")
 
 
 class DeadLetters:
@@ -61,10 +58,6 @@ class DeadLetters:
         # Opened for each write, as dead letters are rare: a file an operator moved away after a
         # replay is created afresh, and a line torn by a crash is cut before anything follows it.
         with LineFile(self.path(sink)) as line_file:
-            if line_file.cut_at_open:
-                log.warning(
-                    "torn_line_cut", path=str(line_file.path), bytes_cut=line_file.cut_at_open
-                )
             line_file.append(data)
 
     def close(self) -> None:

@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -47,7 +46,7 @@ from sinks.base import (
     SinkError,
 )
 from sinks.dead_letters import DeadLetters
-from sinks.spool import Record, Spool
+from sinks.spool import Record, Spool, decode_records
 
 log = structlog.get_logger("relay.dispatch")
 # The pause after a failure that is not the peer's (the spool's database, a bug), doubling up to
@@ -175,16 +174,14 @@ class Dispatcher:
             # (a replay of old events is still too old).
             # RFC 3339 UTC times compare as text: no parsing per event.
             cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - max_age))
-            fresh = [i for i, e in enumerate(events) if (e.get("start_time") or "~")[:19] >= cutoff]
-            if len(fresh) < len(events):
-                kept = set(fresh)
-                stale = [i for i in range(len(events)) if i not in kept]
+            fresh = [(e.get("start_time") or "~")[:19] >= cutoff for e in events]
+            if not all(fresh):
                 await self._dead_letter(
-                    Batch([events[i] for i in stale], [encoded[i] for i in stale]),
+                    Batch(*_pick(events, encoded, fresh, False)),
                     "too_old",
                     f"older than the {max_age:g} s this sink's peer accepts",
                 )
-                events, encoded = [events[i] for i in fresh], [encoded[i] for i in fresh]
+                events, encoded = _pick(events, encoded, fresh, True)
         if events:
             await self._send_resolving(Batch(events, encoded), oldest)
 
@@ -311,24 +308,12 @@ class Dispatcher:
         )
 
 
-def decode_records(records: Sequence[Record]) -> tuple[list[LLMEvent], list[bytes], list[bytes]]:
-    """The records' events and JSON, and the raw bytes of rows that hold no event."""
-    events: list[LLMEvent] = []
-    encoded: list[bytes] = []
-    undecodable: list[bytes] = []
-    for record in records:
-        event = record.event
-        if event is None:
-            try:
-                event = orjson.loads(record.body)
-            except orjson.JSONDecodeError:
-                event = None
-            if not isinstance(event, dict):
-                undecodable.append(record.body)
-                continue
-        events.append(event)
-        encoded.append(record.body)
-    return events, encoded, undecodable
+def _pick(
+    events: list[LLMEvent], encoded: list[bytes], flags: list[bool], wanted: bool
+) -> tuple[list[LLMEvent], list[bytes]]:
+    """The events (and their JSON) whose flag is ``wanted``."""
+    chosen = [i for i, flag in enumerate(flags) if flag is wanted]
+    return [events[i] for i in chosen], [encoded[i] for i in chosen]
 
 
 def _failure_reason(error: SinkError) -> str:

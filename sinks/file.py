@@ -109,13 +109,7 @@ class FileSink:
 
     def _open(self) -> LineFile:
         self.config.path.parent.mkdir(parents=True, exist_ok=True)
-        line_file = LineFile(self.config.path, fsync=self.config.fsync)
-        if line_file.cut_at_open:
-            # Bytes of a write a crash interrupted: never acknowledged, the spool sends them again.
-            log.warning(
-                "torn_line_cut", path=str(self.config.path), bytes_cut=line_file.cut_at_open
-            )
-        return line_file
+        return LineFile(self.config.path, fsync=self.config.fsync)
 
     def _rotate(self) -> None:
         line_file, self._file = self._file, None

@@ -16,7 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+import structlog
+
 _TAIL_CHUNK: Final = 8192
+
+log = structlog.get_logger("relay.line_file")
 
 
 class LineFile:
@@ -38,6 +42,8 @@ class LineFile:
         except OSError:
             os.close(self._fd)
             raise
+        if self.cut_at_open:
+            log.warning("torn_line_cut", path=str(path), bytes_cut=self.cut_at_open)
 
     @property
     def size(self) -> int:

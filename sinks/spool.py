@@ -18,9 +18,8 @@ recorded cursor, so the highest row or cursor is the highest number ever given o
 beside the database (``spool_files.HighWaterMark``) notices commits the database lost. At open
 the spool checks itself (``spool_open``) and says what it found in ``problems``. A sink no longer
 enabled keeps its cursor until the relay has dead-lettered what it is still owed (``removed``,
-``forget``).
-While running, the database file is checked before each commit: events are never acknowledged into
-a file that was deleted.
+``forget``). While running, the database file is checked before each commit: events are never
+acknowledged into a file that was deleted.
 
 All database work runs in one dedicated thread; the event loop only waits on it.
 """
@@ -39,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
 
+import orjson
+
 from schemas import LLMEvent
-from sinks.spool_files import FileIdentity, HighWaterMark, SpoolLock, can_write
+from sinks.spool_files import FileIdentity, HighWaterMark, ProcessLock, can_write
 from sinks.spool_open import SpoolProblem, open_checked
 
 # How long a commit waits for more appends to share it: the ack latency it adds.
@@ -82,7 +83,7 @@ class Spool:
         self.sinks = tuple(sinks)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
-        self._lock = SpoolLock(path)
+        self._lock = ProcessLock(path.with_name(path.name + ".lock"))
         self._mark = HighWaterMark(path)
         self._identity: FileIdentity | None = None
         self._pending: list[_PendingAppend] = []
@@ -222,13 +223,13 @@ class Spool:
                 except Exception as error:  # every waiter must hear of it; nothing was stored
                     self._pending_bytes -= size
                     self.write_error = f"spool write failed: {error}"
-                    _settle(batch, SpoolFullError(self.write_error))
+                    _answer_appends(batch, SpoolFullError(self.write_error))
                 else:
                     self.write_error = None
                     self._remember(batch)
                     self.stored_bytes += size
                     self._pending_bytes -= size
-                    _settle(batch, None)
+                    _answer_appends(batch, None)
                     for event in self._new_data.values():
                         event.set()
             if self._closed and not self._pending:
@@ -407,7 +408,27 @@ class Spool:
                 return freed
 
 
-def _settle(batch: list[_PendingAppend], error: Exception | None) -> None:
+def decode_records(records: Sequence[Record]) -> tuple[list[LLMEvent], list[bytes], list[bytes]]:
+    """The records' events and JSON, and the raw bytes of rows that hold no event."""
+    events: list[LLMEvent] = []
+    encoded: list[bytes] = []
+    undecodable: list[bytes] = []
+    for record in records:
+        event = record.event
+        if event is None:
+            try:
+                event = orjson.loads(record.body)
+            except orjson.JSONDecodeError:
+                event = None
+            if not isinstance(event, dict):
+                undecodable.append(record.body)
+                continue
+        events.append(event)
+        encoded.append(record.body)
+    return events, encoded, undecodable
+
+
+def _answer_appends(batch: list[_PendingAppend], error: Exception | None) -> None:
     """Answer every append of a commit: stored, or the error that kept it from being stored."""
     for item in batch:
         if not item.done.done():

@@ -2,8 +2,9 @@
 
 SQLite keeps the events; these few things it cannot know about are kept beside it:
 
-- ``<db>.lock``: an exclusive ``flock`` held while a spool is open, so that two relays (or two
-  workers) never write one spool. The kernel drops it when the process dies, ``kill -9`` included.
+- ``<db>.lock``: an exclusive ``flock`` (``ProcessLock``) held while a spool is open, so that two
+  relays (or two workers) never write one spool. The kernel drops it when the process dies,
+  ``kill -9`` included.
 - ``<db>.seq``: the highest sequence number ever committed, rewritten in place after each commit
   without an fsync (a ``pwrite`` of 16 bytes; a process crash keeps it, an OS crash may keep an
   older value). At the next open it is compared with what the database holds: if the database
@@ -37,11 +38,15 @@ class SpoolLockedError(Exception):
     """Another process has this spool open: two relays must not share one data directory."""
 
 
-class SpoolLock:
-    """An exclusive, non-blocking ``flock`` on ``<db>.lock`` for as long as the spool is open."""
+class ProcessLock:
+    """An exclusive, non-blocking ``flock`` on a lock file, held until ``release``.
 
-    def __init__(self, db_path: Path) -> None:
-        self.path = db_path.with_name(db_path.name + ".lock")
+    A spool holds ``<db>.lock`` while open; ``serve`` holds ``<data dir>/relay.lock`` so that a
+    second relay is refused before it opens anything.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd: int | None = None
 
     def acquire(self) -> None:

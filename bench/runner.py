@@ -1,6 +1,6 @@
 """One benchmark run: start the peers and the relay (or the null receiver), load it, measure.
 
-The relay runs as users run it (``python -m receiver``) with the durable spool and all three sinks:
+The relay runs as users run it (``python -m service``) with the durable spool and all three sinks:
 the file sink writes into the run's temporary directory, Tempo and Datadog point at ``bench.peers``
 on loopback. What the sinks received is counted from the outside: lines in the file sink's output
 (followed across rotations), spans counted by each peer.
@@ -227,7 +227,7 @@ def run_relay(
             stack,
             Child(
                 "relay",
-                ["-m", "receiver"],
+                ["-m", "service"],
                 directory / "relay.log",
                 s.cores.server,
                 env=relay_environment(port, data_dir, tempo_port, datadog_port),

@@ -1,3 +1,1 @@
-"""llm-broadcast-relay: the HTTP receiver, its decoders and normalizers, configuration and CLI."""
-
-__version__ = "0.1.0"
+"""HTTP receivers: the ingest routes, body decoding, and one normalizer per input format."""

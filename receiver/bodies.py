@@ -1,6 +1,6 @@
 """Reading a request body: size cap before and after decompression, gzip / deflate / zstd.
 
-aiohttp's own transparent decompression is turned off (see ``receiver.app``) so that a small
+aiohttp's own transparent decompression is turned off (see ``service.app``) so that a small
 compressed body cannot expand past ``RELAY_MAX_BODY_BYTES`` in memory: every decoder here stops one
 byte past the cap.
 """

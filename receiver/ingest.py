@@ -1,15 +1,17 @@
-"""The ingest routes: authenticate, read, normalize, process, spool durably, then answer.
+"""The ingest routes, from one table: authenticate, read, normalize, process, store, answer.
 
-The sender gets its 2xx only after the events are in the spool (see ``sinks.spool``), because no
-gateway retries well: an acknowledged event must never be lost. Refusals carry Retry-After and
-happen only when the relay truly cannot store (spool full, shutting down).
+Every input is one row of ``INGRESS``: its path, methods, the normalizer for each Content-Type and
+the protocol its answers follow (OTLP/HTTP's, or the webhooks' JSON). The sender gets its 2xx only
+after the events are stored durably (``Intake.store``), because no gateway retries well: an
+acknowledged event must never be lost. Refusals carry Retry-After and happen only when the relay
+truly cannot store (spool full or failing, shutting down).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import orjson
 import structlog
@@ -17,21 +19,86 @@ from aiohttp import web
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from foundation.times import now
 from receiver.auth import UNAUTHENTICATED, tenant_for
 from receiver.bodies import BodyError, read_body
+from receiver.intake import INTAKE, IntakeFullError
 from receiver.normalizers import litellm, native, otlp, otoroshi
 from receiver.normalizers.base import IngestContext, InputError, Normalized, Normalizer
-from receiver.normalizers.common import now
 from receiver.processors import process
-from receiver.relay import Relay
 from schemas import LLMEvent
-from sinks.spool import SpoolFullError
+from schemas.llm_event import SourceFormat
 
 log = structlog.get_logger("relay.ingest")
 
-RELAY: Final = web.AppKey("relay", Relay)
 RETRY_AFTER_SECONDS: Final = "5"
 PROTOBUF_TYPES: Final = ("application/x-protobuf", "application/protobuf")
+ANY_TYPE: Final = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One input format: what reads it, and its name in events and metrics."""
+
+    format: SourceFormat
+    normalize: Normalizer
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """One row of the ingress table."""
+
+    path: str
+    methods: tuple[str, ...]
+    name: str  # the route's label in metrics and logs
+    protocol: Literal["otlp", "webhook"]  # how answers and refusals are written
+    inputs: Mapping[str, Input]  # by Content-Type; ANY_TYPE takes whatever else comes
+
+    def input_for(self, content_type: str) -> Input | None:
+        return self.inputs.get(content_type) or self.inputs.get(ANY_TYPE)
+
+
+OTLP_PROTO: Final = Input("otlp-proto", otlp.normalize_proto)
+OTLP_JSON: Final = Input("otlp-json", otlp.normalize_json)
+
+INGRESS: Final = (
+    Ingress(
+        "/v1/traces",
+        ("POST", "PUT"),
+        "otlp",
+        "otlp",
+        {**dict.fromkeys(PROTOBUF_TYPES, OTLP_PROTO), "application/json": OTLP_JSON},
+    ),
+    Ingress(
+        "/v1/webhooks/otoroshi",
+        ("POST",),
+        "otoroshi",
+        "webhook",
+        {ANY_TYPE: Input(otoroshi.FORMAT, otoroshi.normalize)},
+    ),
+    Ingress(
+        "/v1/webhooks/litellm",
+        ("POST",),
+        "litellm",
+        "webhook",
+        {ANY_TYPE: Input(litellm.FORMAT, litellm.normalize)},
+    ),
+    Ingress(
+        "/v1/events",
+        ("POST",),
+        "events",
+        "webhook",
+        {ANY_TYPE: Input(native.FORMAT, native.normalize)},
+    ),
+)
+
+
+def add_ingress_routes(app: web.Application) -> None:
+    """Every row of ``INGRESS`` as routes of ``app``."""
+    for ingress in INGRESS:
+        handler = otlp_handler(ingress) if ingress.protocol == "otlp" else webhook_handler(ingress)
+        for method in ingress.methods:
+            app.router.add_route(method, ingress.path, handler)
 
 
 class Refused(Exception):
@@ -41,50 +108,39 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    name: str
-    normalizer: Normalizer
-    fmt: str
-
-
-async def _accept(request: web.Request, route: Route) -> Normalized:
+async def _accept(request: web.Request, route: str, source: Input) -> Normalized:
     """Everything an ingest request goes through; raises ``Refused`` with the HTTP answer."""
-    relay = request.app[RELAY]
-    tenant = tenant_for(request.headers.get("Authorization"), relay.config.ingest_tokens)
+    intake = request.app[INTAKE]
+    tenant = tenant_for(request.headers.get("Authorization"), intake.ingest_tokens)
     if tenant is UNAUTHENTICATED:
         raise Refused(401, "missing or invalid bearer token (see RELAY_INGEST_TOKENS)")
-    if relay.draining:
-        raise Refused(503, "the relay is shutting down; retry shortly", RETRY_AFTER_SECONDS)
-    if relay.spool.full:
-        raise Refused(503, "the spool is full (RELAY_SPOOL_MAX_BYTES)", RETRY_AFTER_SECONDS)
-    if relay.spool_problem is not None:
-        raise Refused(503, "the spool cannot store events now; see /v1/status", RETRY_AFTER_SECONDS)
+    if (refusal := intake.refusal()) is not None:
+        raise Refused(503, refusal, RETRY_AFTER_SECONDS)
     try:
-        body = await read_body(request, relay.config.max_body_bytes)
+        body = await read_body(request, intake.max_body_bytes)
     except BodyError as error:
         raise Refused(error.status, str(error)) from None
     received_ns, received_at = now()
     context = IngestContext(received_ns, received_at, request.content_type)
     try:
-        result = route.normalizer(body, context)
+        result = source.normalize(body, context)
     except InputError as error:
         raise Refused(400, str(error)) from None
     if result.events:
-        process(result.events, tenant if isinstance(tenant, str) else None, relay.config.content)
+        process(result.events, tenant if isinstance(tenant, str) else None, intake.content)
         bodies = _encoded(result)
         try:
-            await relay.spool.append(bodies, result.events)
-        except SpoolFullError as error:
+            await intake.store(bodies, result.events)
+        except IntakeFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
-        relay.metrics.observe_events(result.events)
+        intake.metrics.observe_events(result.events)
     for reason, count in result.skipped.items():
-        relay.metrics.items_skipped.labels(route.fmt, reason).inc(count)
+        intake.metrics.items_skipped.labels(source.format, reason).inc(count)
     if result.rejected:
-        relay.metrics.items_rejected.labels(route.name, "invalid_item").inc(len(result.rejected))
+        intake.metrics.items_rejected.labels(route, "invalid_item").inc(len(result.rejected))
         log.info(
             "items_rejected",
-            route=route.name,
+            route=route,
             count=len(result.rejected),
             first=f"{result.rejected[0].item}: {result.rejected[0].reason}",
         )
@@ -113,39 +169,44 @@ def _encoded(result: Normalized) -> list[bytes]:
 
 def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:
     reason = {401: "unauthorized", 413: "too_large", 415: "unsupported", 503: "unavailable"}
-    request.app[RELAY].metrics.items_rejected.labels(
+    request.app[INTAKE].metrics.items_rejected.labels(
         route, reason.get(refused.status, "malformed")
     ).inc()
 
 
 # -- OTLP/HTTP -----------------------------------------------------------------------------------
 
-OTLP_PROTO: Final = Route("otlp", otlp.normalize_proto, "otlp-proto")
-OTLP_JSON: Final = Route("otlp", otlp.normalize_json, "otlp-json")
 
-
-async def otlp_traces(request: web.Request) -> web.Response:
-    content_type = request.content_type
-    is_proto = content_type in PROTOBUF_TYPES
-    test_connection = request.headers.get("X-Test-Connection", "").lower() == "true"
-    try:
-        if not is_proto and content_type != "application/json":
-            raise Refused(
-                415,
-                f"unsupported Content-Type {content_type!r}: OTLP/HTTP takes"
-                " application/x-protobuf or application/json",
-            )
+def otlp_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        content_type = request.content_type
+        is_proto = content_type in PROTOBUF_TYPES
+        test_connection = request.headers.get("X-Test-Connection", "").lower() == "true"
         try:
-            result = await _accept(request, OTLP_PROTO if is_proto else OTLP_JSON)
+            source = ingress.input_for(content_type)
+            if source is None:
+                raise Refused(
+                    415,
+                    f"unsupported Content-Type {content_type!r}: OTLP/HTTP takes"
+                    " application/x-protobuf or application/json",
+                )
+            try:
+                result = await _accept(request, ingress.name, source)
+            except Refused as refused:
+                # OpenRouter's Test Connection posts an empty payload; it must pass once auth does.
+                if test_connection and refused.status == 400:
+                    result = Normalized()
+                else:
+                    raise
         except Refused as refused:
-            # OpenRouter's Test Connection posts an empty payload; it must pass once auth does.
-            if test_connection and refused.status == 400:
-                result = Normalized()
-            else:
-                raise
-    except Refused as refused:
-        _count_refusal(request, "otlp", refused)
-        return _otlp_error(refused, is_proto)
+            _count_refusal(request, ingress.name, refused)
+            return _otlp_error(refused, is_proto)
+        return _otlp_answer(result, is_proto)
+
+    return handle
+
+
+def _otlp_answer(result: Normalized, is_proto: bool) -> web.Response:
     response = ExportTraceServiceResponse()
     if result.rejected:
         response.partial_success.rejected_spans = len(result.rejected)
@@ -186,12 +247,15 @@ def _otlp_error(refused: Refused, is_proto: bool) -> web.Response:
 # -- webhooks and native events ------------------------------------------------------------------
 
 
-def webhook(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+def webhook_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.Response]]:
+    source = ingress.input_for(ANY_TYPE)
+    assert source is not None, f"{ingress.path}: a webhook takes any Content-Type"
+
     async def handle(request: web.Request) -> web.Response:
         try:
-            result = await _accept(request, route)
+            result = await _accept(request, ingress.name, source)
         except Refused as refused:
-            _count_refusal(request, route.name, refused)
+            _count_refusal(request, ingress.name, refused)
             headers = {"Retry-After": refused.retry_after} if refused.retry_after else None
             return web.json_response(
                 {"error": str(refused)}, status=refused.status, headers=headers, dumps=_dumps
@@ -210,10 +274,3 @@ def webhook(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-WEBHOOK_ROUTES: Final = (
-    ("/v1/webhooks/otoroshi", Route("otoroshi", otoroshi.normalize, "otoroshi")),
-    ("/v1/webhooks/litellm", Route("litellm", litellm.normalize, "litellm")),
-    ("/v1/events", Route("events", native.normalize, "native")),
-)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
-from receiver.config import ContentPolicy
-from receiver.secrets import scrub
+from foundation.secrets import scrub
 from schemas import LLMEvent, Message
+
+ContentPolicy = Literal["full", "redact", "hash"]
+CONTENT_POLICIES: Final = get_args(ContentPolicy)
 
 # Attributes that carry prompt or completion text under names senders use.
 CONTENT_KEYS: Final = frozenset(

@@ -23,8 +23,8 @@ import orjson
 import structlog
 import urllib3
 
-from receiver import __version__
-from receiver.settings import EnvReader, mask
+from foundation.settings import EnvReader, mask
+from foundation.version import __version__
 from schemas import LLMEvent
 from sinks.base import (
     DispatchSettings,

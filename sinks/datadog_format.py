@@ -23,10 +23,10 @@ from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
-from receiver import __version__
-from receiver.short_text_cache import remember_short
+from foundation.memo import remember_short
+from foundation.times import unix_ns
+from foundation.version import __version__
 from schemas import LLMEvent
-from schemas.times import unix_ns
 
 Mode = Literal["agentless", "agent"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from receiver.normalizers.common import rfc3339_ns
+from foundation.times import rfc3339_ns
 from schemas import LLMEvent
 from sinks.line_file import LineFile
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from receiver.metrics import Metrics
 from schemas import LLMEvent
 from sinks.base import (
     Batch,
@@ -47,6 +46,7 @@ from sinks.base import (
 )
 from sinks.dead_letters import DeadLetters
 from sinks.spool import Record, Spool, decode_records
+from telemetry.metrics import Metrics
 
 log = structlog.get_logger("relay.dispatch")
 # The pause after a failure that is not the peer's (the spool's database, a bug), doubling up to

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Final, Literal
 import structlog
 import zstandard
 
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
 from schemas import LLMEvent
 from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult, as_json
 from sinks.line_file import LineFile

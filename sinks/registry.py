@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
 from sinks.base import DispatchSettings, Sink
 
 

@@ -49,10 +49,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from receiver import __version__
-from receiver.settings import EnvReader, mask
+from foundation.settings import EnvReader, mask
+from foundation.times import unix_ns
+from foundation.version import __version__
 from schemas import LLMEvent
-from schemas.times import unix_ns
 from sinks import otlp_wire
 from sinks.base import (
     DispatchSettings,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import ScriptedServer
 from tests.helpers.test_agent import TestAgent, agent_executable
 
@@ -39,3 +40,10 @@ async def scripted_server() -> AsyncIterator[ScriptedServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A relay subprocess with the file sink, shared by the tests of one module."""
+    with RelayProcess(tmp_path_factory.mktemp("relay")) as process:
+        yield process

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from receiver.secrets import is_secret_key, is_secret_value
+from foundation.secrets import is_secret_key, is_secret_value
 from schemas import SCHEMA_ID, LLMEvent, Message
-
-
-def rfc3339_ns(unix_ns: int) -> str:
-    """``2026-03-01T12:15:46.123456789Z``: RFC 3339 in UTC with nanosecond precision."""
-    seconds, nanos = divmod(unix_ns, 1_000_000_000)
-    return f"{_utc_seconds(seconds)}.{str(nanos).zfill(9)}Z"  # zfill: faster than :09d
-
-
-@functools.lru_cache(maxsize=1024)
-def _utc_seconds(seconds: int) -> str:
-    # The events of one busy second share it: formatted once, not per event.
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def now() -> tuple[int, str]:
-    ns = time.time_ns()
-    return ns, rfc3339_ns(ns)
 
 
 def stable_id(*parts: str) -> str:
@@ -251,7 +232,7 @@ _MAX_FLAT_LIST = 32
 def flatten_into(out: dict[str, Any], prefix: str, value: Any, depth: int = 0) -> None:
     """Nested JSON as dotted attribute keys (``otoroshi.impacts.energy.unit``), secrets removed.
 
-    Every key and value goes through ``receiver.secrets``' predicates: a credential-named key is
+    Every key and value goes through ``foundation.secrets``' predicates: a credential-named key is
     dropped with its whole subtree (a ``connection`` object keeps ``base_url``, loses ``token``)
     and a credential-shaped value is dropped wherever it sits. Lists of scalars stay lists, lists
     of objects are indexed (``budgets.0.budget_id``); beyond ``_MAX_FLAT_DEPTH`` levels or

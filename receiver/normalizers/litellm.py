@@ -13,8 +13,10 @@ import ast
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import Any, Final, cast
 
+from foundation.secrets import redact_text
+from foundation.times import rfc3339_ns
 from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
     as_bool,
@@ -28,16 +30,14 @@ from receiver.normalizers.common import (
     finish_usage,
     flatten_into,
     key_hash,
-    rfc3339_ns,
     stable_id,
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import redact_text
 from schemas import LLMEvent
-from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
+from schemas.llm_event import ApiKey, Cost, Error, RateLimit, SourceFormat, Usage
 
-FORMAT = "litellm"
+FORMAT: Final[SourceFormat] = "litellm"
 
 # LiteLLM's provider ids (the LlmProviders enum) where the GenAI semconv well-known name differs.
 _SEMCONV_PROVIDER = {

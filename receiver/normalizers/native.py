@@ -13,12 +13,13 @@ from typing import Any, Final, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from foundation.secrets import is_secret_key, is_secret_value, redact_text, scrub
 from receiver.normalizers.base import IngestContext, Normalized
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import is_secret_key, is_secret_value, redact_text, scrub
 from schemas import SCHEMA_ID, LLMEvent, json_schema
+from schemas.llm_event import SourceFormat
 
-FORMAT = "native"
+FORMAT: Final[SourceFormat] = "native"
 _MAX_REASON = 300
 
 

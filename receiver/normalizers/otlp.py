@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from foundation.memo import remember_short
+from foundation.times import rfc3339_ns
 from receiver.normalizers.base import IngestContext, Normalized
 from receiver.normalizers.common import (
     as_bool,
@@ -27,11 +29,9 @@ from receiver.normalizers.common import (
     completion_messages,
     finish_usage,
     maybe_json,
-    rfc3339_ns,
     stable_id,
 )
 from receiver.normalizers.otlp_walk import FlatSpan, SpanError, walk_json, walk_proto
-from receiver.short_text_cache import remember_short
 from schemas import LLMEvent, Message
 
 STATUS_ERROR: Final = 2

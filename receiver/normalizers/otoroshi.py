@@ -16,10 +16,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
 
+from foundation.memo import remember_short
+from foundation.secrets import redact_text
+from foundation.times import rfc3339_ns
 from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
     as_dict,
@@ -31,17 +34,14 @@ from receiver.normalizers.common import (
     finish_usage,
     flatten_into,
     key_hash,
-    rfc3339_ns,
     stable_id,
     url_host,
 )
 from receiver.normalizers.jsonitems import json_items
-from receiver.secrets import redact_text
-from receiver.short_text_cache import remember_short
 from schemas import LLMEvent
-from schemas.llm_event import ApiKey, Cost, Error, RateLimit, Usage
+from schemas.llm_event import ApiKey, Cost, Error, RateLimit, SourceFormat, Usage
 
-FORMAT = "otoroshi"
+FORMAT: Final[SourceFormat] = "otoroshi"
 LLM_AUDIT = "LLMUsageAudit"
 
 # Otoroshi's provider kinds where the GenAI semconv well-known name differs.

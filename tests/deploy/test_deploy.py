@@ -23,10 +23,17 @@ from typing import Any
 import pytest
 import yaml
 
-from receiver.config import ConfigError, known_variables, load_config
+from service.config import ConfigError, known_variables, load_config
 from tests.helpers.relay import ROOT, RelayProcess
 
 DEPLOY = ROOT / "deploy"
+# The packages the distribution installs, as pyproject.toml lists them.
+PACKAGES = tuple(
+    pattern.rstrip("*")
+    for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+)
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -556,7 +563,7 @@ def test_dockerfile_builds_a_slim_non_root_image_of_the_project() -> None:
     assert all("-slim" in image for image in froms)
     copies = [arguments.split() for keyword, arguments in instructions if keyword == "COPY"]
     sources = {part for copy in copies if not copy[0].startswith("--") for part in copy[:-1]}
-    assert {"pyproject.toml", "README.md", "receiver", "sinks", "schemas"} <= sources
+    assert {"pyproject.toml", "README.md", *PACKAGES} <= sources
     for source in sources:
         assert (ROOT / source).exists(), source
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()

@@ -1,4 +1,4 @@
-"""The relay as users run it: a subprocess (``python -m receiver``) on a free loopback port."""
+"""The relay as users run it: a subprocess (``python -m service``) on a free loopback port."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class RelayProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver"],
+            [sys.executable, "-m", "service"],
             cwd=ROOT,
             env=self.environment(),
             stdout=log,
@@ -145,9 +145,9 @@ class RelayProcess:
         psutil.wait_procs(children, timeout=10)
 
     def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m receiver <args>`` (e.g. ``replay``) with the relay's environment."""
+        """Run ``python -m service <args>`` (e.g. ``replay``) with the relay's environment."""
         return subprocess.run(
-            [sys.executable, "-m", "receiver", *args],
+            [sys.executable, "-m", "service", *args],
             cwd=ROOT,
             env=self.environment(),
             capture_output=True,

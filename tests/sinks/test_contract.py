@@ -21,15 +21,15 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.metrics import Metrics
-from receiver.normalizers.common import now
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
+from foundation.times import now
 from schemas import LLMEvent
 from sinks.base import DispatchSettings, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.registry import sink_specs
 from sinks.spool import Spool
+from telemetry.metrics import Metrics
 from tests.helpers.otlp_peer import OK as OTLP_OK
 from tests.helpers.otlp_peer import event_ids as otlp_event_ids
 from tests.helpers.scripted_server import Answer, Received, ScriptedServer

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.normalizers.common import rfc3339_ns
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
+from foundation.times import rfc3339_ns
 from schemas import LLMEvent
 from sinks.base import (
     MisconfiguredError,

@@ -13,13 +13,13 @@ from typing import ClassVar
 import orjson
 import pytest
 
-from receiver.metrics import Metrics
 from schemas import LLMEvent
 from sinks.base import DispatchSettings, ProbeResult, SendResult
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.file import FileSink, FileSinkConfig
 from sinks.spool import Spool
+from telemetry.metrics import Metrics
 from tests.helpers.payloads import stored_event
 
 SETTINGS = DispatchSettings(batch_size=8, flush_interval=0.01, initial_backoff=0.01)

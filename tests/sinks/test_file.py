@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
 from sinks.base import RetryableError
 from sinks.file import FileSink, FileSinkConfig
 from tests.helpers.payloads import stored_event as event

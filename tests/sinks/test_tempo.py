@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from receiver.settings import EnvReader
+from foundation.settings import EnvReader
 from schemas import LLMEvent
 from sinks import otlp_wire, tempo
 from sinks.base import (

@@ -6,8 +6,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from receiver.ingest import RELAY
-from receiver.metrics import exposition_registry
+from service.relay import RELAY
+from telemetry.metrics import exposition_registry
 
 
 def _json(body: object, status: int = 200) -> web.Response:

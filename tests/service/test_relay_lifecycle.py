@@ -39,7 +39,7 @@ def relay(tmp_path: Path) -> Iterator[RelayProcess]:
 def run_relay(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """A relay start expected to fail fast: its exit code and what it printed."""
     return subprocess.run(
-        [sys.executable, "-m", "receiver"],
+        [sys.executable, "-m", "service"],
         cwd=ROOT,
         env=env,
         capture_output=True,

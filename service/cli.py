@@ -24,16 +24,16 @@ import structlog
 import zstandard
 from aiohttp import web
 
-from receiver import __version__
-from receiver.app import create_app
-from receiver.config import ConfigError, RelayConfig, load_config
-from receiver.logs import configure_logging
-from receiver.metrics import Metrics, share_between_workers, worker_exited
-from receiver.setup_check import check_sinks
+from foundation.version import __version__
+from service.app import create_app
+from service.config import ConfigError, RelayConfig, load_config
+from service.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
 from sinks.spool_files import ProcessLock, SpoolLockedError
+from telemetry.logs import configure_logging
+from telemetry.metrics import Metrics, share_between_workers, worker_exited
 
 log = structlog.get_logger("relay")
 # Allocations between two young-generation collections (CPython's default: 700).
@@ -53,10 +53,7 @@ def _install_uvloop() -> None:
 
 async def _serve(config: RelayConfig, worker: int) -> None:
     app = create_app(config, worker=worker)
-    # aiohttp would decompress request bodies before our size cap sees them: receiver.bodies does.
-    runner = web.AppRunner(
-        app, auto_decompress=False, access_log=None, shutdown_timeout=config.shutdown_grace
-    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(
         runner, config.host, config.port, reuse_port=config.workers > 1 or None, backlog=1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from receiver.short_text_cache import remember_short
+from foundation.memo import remember_short
 
 # Keys whose values are credentials whatever the sender calls them.
 _SECRET_KEY = re.compile(

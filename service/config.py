@@ -13,15 +13,14 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-from receiver.settings import ConfigError, EnvReader, mask
+from foundation.settings import ConfigError, EnvReader, mask
+from receiver.processors import CONTENT_POLICIES, ContentPolicy
 from sinks.base import DispatchSettings
 from sinks.registry import SinkConfig, SinkSpec, read_dispatch_settings, sink_specs
 from sinks.tempo import safe_url
-
-ContentPolicy = Literal["full", "redact", "hash"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +66,13 @@ class RelayConfig:
         }
 
 
+# Every default lives in the dataclass above; the loader reads them from here.
+DEFAULTS: Final = RelayConfig()
+DEFAULT_SINKS: Final = ("file",)
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+MIN_SPOOL_BYTES: Final = 64 * 1024
+
+
 def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
     return {
         "batch_size": settings.batch_size,
@@ -105,9 +111,9 @@ def known_variables() -> frozenset[str]:
 
 
 def _load(env: EnvReader) -> RelayConfig:
-    data_dir = Path(env.text("RELAY_DATA_DIR", "./data") or "./data")
+    data_dir = Path(env.text("RELAY_DATA_DIR") or DEFAULTS.data_dir)
     specs = sink_specs()
-    enabled = env.items("RELAY_SINKS", ("file",))
+    enabled = env.items("RELAY_SINKS", DEFAULT_SINKS)
     sinks: dict[str, SinkSetup] = {}
     for name in enabled:
         key = name.lower()
@@ -121,16 +127,20 @@ def _load(env: EnvReader) -> RelayConfig:
     if not enabled:
         env.problem("RELAY_SINKS", "enable at least one sink: file, tempo or datadog")
     config = RelayConfig(
-        host=env.text("RELAY_HOST", "0.0.0.0") or "0.0.0.0",
-        port=env.integer("RELAY_PORT", 4318, 0, 65535),
+        host=env.text("RELAY_HOST", DEFAULTS.host) or DEFAULTS.host,
+        port=env.integer("RELAY_PORT", DEFAULTS.port, 0, 65535),
         data_dir=data_dir,
-        max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 20 * 1024 * 1024, 1024),
-        spool_max_bytes=env.integer("RELAY_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, 64 * 1024),
-        content=env.choice("RELAY_CONTENT", "full", ("full", "redact", "hash")),  # type: ignore[arg-type]
+        max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", DEFAULTS.max_body_bytes, 1024),
+        spool_max_bytes=env.integer(
+            "RELAY_SPOOL_MAX_BYTES", DEFAULTS.spool_max_bytes, MIN_SPOOL_BYTES
+        ),
+        content=cast(
+            ContentPolicy, env.choice("RELAY_CONTENT", DEFAULTS.content, CONTENT_POLICIES)
+        ),
         ingest_tokens=_read_tokens(env),
-        workers=env.integer("RELAY_WORKERS", 1, 1, 256),
-        shutdown_grace=env.number("RELAY_SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
-        log_level=env.choice("RELAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        workers=env.integer("RELAY_WORKERS", DEFAULTS.workers, 1, 256),
+        shutdown_grace=env.number("RELAY_SHUTDOWN_GRACE", DEFAULTS.shutdown_grace, 0.0, 3600.0),
+        log_level=env.choice("RELAY_LOG_LEVEL", DEFAULTS.log_level, LOG_LEVELS),
         sinks=sinks,
     )
     for name, setup in sinks.items():

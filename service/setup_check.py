@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from receiver import __version__
-from receiver.normalizers.common import base_event, now, rfc3339_ns, stable_id
+from foundation.times import now, rfc3339_ns
+from foundation.version import __version__
+from receiver.normalizers.common import base_event, stable_id
 from schemas import LLMEvent
 from sinks.base import ProbeResult, Sink, SinkError
 

@@ -1,18 +1,28 @@
-"""The aiohttp application: routes, request metrics, and the relay's start and stop."""
+"""The aiohttp application: the ingress routes, the operator routes, request metrics, and the
+relay's start and stop.
+
+The application owns every server setting it depends on, so that it behaves the same under any
+runner: request bodies reach ``receiver.bodies`` still compressed (its size cap counts the
+decompressed bytes as they come; aiohttp's own decompression would bypass it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 from aiohttp import web
 
-from receiver import ops
-from receiver.config import RelayConfig
-from receiver.ingest import RELAY, WEBHOOK_ROUTES, otlp_traces, webhook
-from receiver.metrics import Metrics
-from receiver.relay import Relay
+from receiver.ingest import add_ingress_routes
+from receiver.intake import INTAKE
+from service import ops
+from service.config import RelayConfig
+from service.relay import RELAY, Relay
+from telemetry.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Passed to every connection's request handler (aiohttp's ``handler_args``).
+SERVER_SETTINGS: Final = {"auto_decompress": False}
 
 
 @web.middleware
@@ -32,8 +42,9 @@ def create_app(
     config: RelayConfig, metrics: Metrics | None = None, worker: int = 0
 ) -> web.Application:
     relay = Relay(config, metrics, worker)
-    app = web.Application(middlewares=[count_requests])
+    app = web.Application(middlewares=[count_requests], handler_args=SERVER_SETTINGS)
     app[RELAY] = relay
+    app[INTAKE] = relay
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await relay.start()
@@ -45,10 +56,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(drain)
-    app.router.add_route("POST", "/v1/traces", otlp_traces)
-    app.router.add_route("PUT", "/v1/traces", otlp_traces)
-    for path, route in WEBHOOK_ROUTES:
-        app.router.add_route("POST", path, webhook(route))
+    add_ingress_routes(app)
     app.router.add_get("/v1/test-connection", ops.test_connection)
     app.router.add_get("/v1/status", ops.status)
     app.router.add_get("/livez", ops.livez)

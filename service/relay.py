@@ -17,21 +17,25 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
+from aiohttp import web
 
-from receiver.config import RelayConfig
-from receiver.metrics import Metrics
-from receiver.setup_check import SinkCheck, check_sinks
+from receiver.intake import IntakeFullError
+from receiver.processors import ContentPolicy
+from schemas import LLMEvent
+from service.config import RelayConfig
+from service.setup_check import SinkCheck, check_sinks
 from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
-from sinks.spool import Spool, decode_records
+from sinks.spool import Spool, SpoolFullError, decode_records
 from sinks.spool_files import SpoolLockedError, remove_spool_files
 from sinks.spool_open import SpoolProblem
+from telemetry.metrics import Metrics
 
 log = structlog.get_logger("relay")
 
@@ -87,6 +91,37 @@ class Relay:
             )
             for name, sink in self.sinks.items()
         }
+
+    # -- what the receivers need (receiver.intake.Intake) ------------------------------------
+
+    @property
+    def ingest_tokens(self) -> Mapping[str, str | None]:
+        return self.config.ingest_tokens
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.config.max_body_bytes
+
+    @property
+    def content(self) -> ContentPolicy:
+        return self.config.content
+
+    def refusal(self) -> str | None:
+        if self.draining:
+            return "the relay is shutting down; retry shortly"
+        if self.spool.full:
+            return "the spool is full (RELAY_SPOOL_MAX_BYTES)"
+        if self.spool_problem is not None:
+            return "the spool cannot store events now; see /v1/status"
+        return None
+
+    async def store(self, encoded: Sequence[bytes], events: Sequence[LLMEvent]) -> None:
+        try:
+            await self.spool.append(encoded, events)
+        except SpoolFullError as error:
+            raise IntakeFullError(str(error)) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -282,3 +317,6 @@ class Relay:
             self.metrics.sink_backlog.labels(name).set(self.backlog(name))
             oldest = await self.spool.oldest_pending(name)
             self.metrics.sink_oldest_age.labels(name).set(0 if oldest is None else now - oldest)
+
+
+RELAY: Final = web.AppKey("relay", Relay)

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from receiver import __version__
+from foundation.version import __version__
 from tests.conftest import fixture_json
 from tests.helpers.payloads import otlp_json_spans
 from tests.helpers.relay import ROOT, RelayProcess
@@ -24,7 +24,7 @@ JSON = {"Content-Type": "application/json"}
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DD_"))}
     return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
+        [sys.executable, "-m", "service", *args],
         cwd=ROOT,
         env={**base, **(env or {})},
         capture_output=True,

@@ -62,7 +62,7 @@ async def test_sigterm_stops_within_grace_and_keeps_the_backlog(tmp_path: Path) 
 
 def replay(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "receiver", "replay", *args],
+        [sys.executable, "-m", "service", "replay", *args],
         cwd=ROOT,
         env={**RelayProcess(data_dir, env).environment()},
         capture_output=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.short_text_cache import remember_short
+from foundation.memo import remember_short
 
 
 def test_short_text_is_remembered_long_text_and_other_values_are_not() -> None:

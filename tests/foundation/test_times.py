@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.times import unix_ns
+from foundation.times import unix_ns
 
 BASE = 1772367346 * 1_000_000_000  # 2026-03-01T12:15:46Z
 

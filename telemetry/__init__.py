@@ -1,0 +1,1 @@
+"""The relay's own telemetry: Prometheus metrics and structured JSON logs."""

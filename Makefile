@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # ddapm-test-agent pins opentelemetry-proto<1.37, older than the relay's: it gets a venv of its own
 # and runs as a separate process in the tests.
 AGENT_VENV := .venv-testagent
+# Arize Phoenix, a real OTLP trace store for the end-to-end OTLP tests: a large venv of its own
+# (its dependencies would clash with the relay's), pinned to one major version.
+PHOENIX_VENV := .venv-phoenix
 
 .PHONY: run test lint typecheck unit oracle bench clean
 
@@ -19,6 +22,12 @@ $(AGENT_VENV)/.installed:
 	$(AGENT_VENV)/bin/pip install --quiet 'ddapm-test-agent>=1.20'
 	touch $@
 
+$(PHOENIX_VENV)/.installed:
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(PHOENIX_VENV)/bin/pip install --quiet 'arize-phoenix>=20,<21'
+	touch $@
+
 run: $(BIN)/.installed
 	$(BIN)/llm-broadcast-relay serve
 
@@ -29,8 +38,10 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed $(AGENT_VENV)/.installed
-	DDAPM_TEST_AGENT=$(CURDIR)/$(AGENT_VENV)/bin/ddapm-test-agent $(BIN)/pytest
+unit: $(BIN)/.installed $(AGENT_VENV)/.installed $(PHOENIX_VENV)/.installed
+	DDAPM_TEST_AGENT=$(CURDIR)/$(AGENT_VENV)/bin/ddapm-test-agent \
+	PHOENIX_TEST_SERVER=$(CURDIR)/$(PHOENIX_VENV)/bin/phoenix \
+	$(BIN)/pytest
 
 test: lint typecheck unit
 
@@ -43,4 +54,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(AGENT_VENV) .pytest_cache .mypy_cache .ruff_cache data
+	rm -rf $(VENV) $(AGENT_VENV) $(PHOENIX_VENV) .pytest_cache .mypy_cache .ruff_cache data

@@ -1,9 +1,14 @@
-"""Recognising secrets in attributes and headers so that they never reach a sink or a log."""
+"""Recognising secrets in attributes and headers so that they never reach a sink or a log.
+
+The one home of secret handling: which keys and values are credentials (``is_secret_key``,
+``is_secret_value``), removing them from attributes (``scrub``), masking them in free text
+(``redact_text``) and masking values known to be secrets wherever they appear (``mask_known``).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from foundation.memo import remember_short
 
@@ -38,16 +43,18 @@ def scrub(attributes: dict[str, Any]) -> dict[str, Any]:
     return attributes
 
 
+MASK: Final = "[REDACTED]"
+
 _TEXT_SECRETS = (
-    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), r"\1 [REDACTED]"),
-    (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), "[REDACTED]"),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), rf"\1 {MASK}"),
+    (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), MASK),
     (
         re.compile(
             r"""\b((?:api[_-]?key|apikey|client[_-]?secret|secret|password|access[_-]?token|token)"""
             r"""['"]?\s*[:=]\s*['"]?)[^\s'",;&}]{6,}""",
             re.IGNORECASE,
         ),
-        r"\1[REDACTED]",
+        rf"\1{MASK}",
     ),
 )
 
@@ -57,3 +64,18 @@ def redact_text(text: str) -> str:
     for pattern, replacement in _TEXT_SECRETS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def mask_known(value: Any, secrets: list[str]) -> Any:
+    """A copy of ``value`` (JSON-like, nested) in which every occurrence of a known secret is
+    masked; give longer secrets first, so that one containing another is masked whole."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {key: mask_known(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [mask_known(item, secrets) for item in value]
+    return value

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import gzip
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -14,21 +13,20 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 import structlog
-import zstandard
 from aiohttp import web
 
 from foundation.version import __version__
 from service.app import create_app
 from service.config import ConfigError, RelayConfig, load_config
 from service.setup_check import check_sinks
-from sinks.dead_letters import DeadLetters
+from sinks.dead_letters import DeadLetters, replay_records
 from sinks.dispatcher import Dispatcher
 from sinks.spool import Spool
 from sinks.spool_files import ProcessLock, SpoolLockedError
@@ -201,45 +199,6 @@ async def _test_connection(config: RelayConfig, send_test_event: bool) -> int:
 # -- replay --------------------------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as handle:
-            yield from handle
-    elif path.suffix == ".zst":
-        with open(path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            pending = b""
-            while chunk := reader.read(1 << 20):
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                yield from complete
-            if pending:
-                yield pending
-    else:
-        with open(path, "rb") as handle:
-            yield from handle
-
-
-def read_replay_file(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """(dead-letter sink or None, event) for each line of a file-sink or dead-letter file."""
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            # A crash can leave a partial last line; anything else is worth saying.
-            print(f"skipping line {number} of {path}: not JSON", file=sys.stderr)
-            continue
-        if isinstance(record, dict) and isinstance(record.get("event"), dict):
-            yield record.get("sink"), record["event"]
-        elif isinstance(record, dict) and "raw_base64" in record:
-            # A spooled row that held no event: kept for a person to read, nothing to send.
-            print(f"skipping line {number} of {path}: an undecodable spool row", file=sys.stderr)
-        elif isinstance(record, dict):
-            yield None, record
-
-
 async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
     targets = list(only) or list(config.sinks)
     unknown = [name for name in targets if name not in config.sinks]
@@ -247,7 +206,7 @@ async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
         print(f"not enabled in RELAY_SINKS: {', '.join(unknown)}", file=sys.stderr)
         return 2
     per_sink: dict[str, list[bytes]] = {name: [] for name in targets}
-    for dead_letter_sink, event in read_replay_file(path):
+    for dead_letter_sink, event in replay_records(path):
         body = orjson.dumps(event)
         for name in [dead_letter_sink] if dead_letter_sink and not only else targets:
             if name in per_sink:

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 from foundation.settings import ConfigError, EnvReader, mask
 from receiver.processors import CONTENT_POLICIES, ContentPolicy
 from sinks.base import DispatchSettings
-from sinks.registry import SinkConfig, SinkSpec, read_dispatch_settings, sink_specs
-from sinks.tempo import safe_url
+from sinks.http import safe_url
+from sinks.registry import sink_specs
+from sinks.spec import SinkConfig, SinkSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +122,11 @@ def _load(env: EnvReader) -> RelayConfig:
         if spec is None:
             env.problem("RELAY_SINKS", f"unknown sink {name!r} (known: {', '.join(specs)})")
             continue
-        sinks[key] = SinkSetup(
-            spec, spec.read_config(env, data_dir), read_dispatch_settings(env, key, spec.defaults)
-        )
+        # Dispatch settings first: the sink's configuration takes its timeout from them.
+        dispatch = spec.dispatch_settings(env)
+        sinks[key] = SinkSetup(spec, spec.read_config(env, data_dir, dispatch), dispatch)
     if not enabled:
-        env.problem("RELAY_SINKS", "enable at least one sink: file, tempo or datadog")
+        env.problem("RELAY_SINKS", f"enable at least one sink: {', '.join(specs)}")
     config = RelayConfig(
         host=env.text("RELAY_HOST", DEFAULTS.host) or DEFAULTS.host,
         port=env.integer("RELAY_PORT", DEFAULTS.port, 0, 65535),
@@ -143,17 +144,23 @@ def _load(env: EnvReader) -> RelayConfig:
         log_level=env.choice("RELAY_LOG_LEVEL", DEFAULTS.log_level, LOG_LEVELS),
         sinks=sinks,
     )
-    for name, setup in sinks.items():
-        endpoint = getattr(setup.config, "endpoint", None)  # the sinks that post OTLP
-        if isinstance(endpoint, str) and points_at(endpoint, config.host, config.port):
-            env.problem(
-                f"RELAY_{name.upper()}_ENDPOINT",
-                f"{safe_url(endpoint)} is this relay itself (RELAY_PORT={config.port}): every"
-                " event would come back as a new event, forever. Tempo also listens on 4318 by"
-                " default: give the relay another RELAY_PORT or Tempo's own address",
-            )
+    _refuse_self_loops(env, config)
     env.raise_problems()
     return config
+
+
+def _refuse_self_loops(env: EnvReader, config: RelayConfig) -> None:
+    """An OTLP destination that is the relay itself would bring every event back as a new one."""
+    for setup in config.sinks.values():
+        for variable, endpoint in setup.config.endpoints().items():
+            if points_at(endpoint, config.host, config.port):
+                env.problem(
+                    variable,
+                    f"{safe_url(endpoint)} is this relay itself (RELAY_PORT={config.port}): every"
+                    " event would come back as a new event, forever. Tempo and other OTLP"
+                    " receivers also listen on 4318 by default: give the relay another RELAY_PORT"
+                    " or the receiver's own address",
+                )
 
 
 def points_at(url: str, host: str, port: int) -> bool:

@@ -17,7 +17,7 @@ from foundation.times import now, rfc3339_ns
 from foundation.version import __version__
 from receiver.normalizers.common import base_event, stable_id
 from schemas import LLMEvent
-from sinks.base import ProbeResult, Sink, SinkError
+from sinks.base import Batch, ProbeResult, Sink, SinkError
 
 PROBE_TIMEOUT: Final = 15.0
 
@@ -74,7 +74,7 @@ async def _probe(name: str, sink: Sink) -> ProbeResult:
 
 async def _deliver(name: str, sink: Sink, event: LLMEvent) -> tuple[bool, str]:
     try:
-        await asyncio.wait_for(sink.send([event]), PROBE_TIMEOUT)
+        await asyncio.wait_for(sink.send(Batch.of([event])), PROBE_TIMEOUT)
     except TimeoutError:
         return False, f"test event not delivered: no answer within {PROBE_TIMEOUT:.0f}s"
     except SinkError as error:

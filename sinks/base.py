@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, overload, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 import orjson
 
@@ -92,8 +92,9 @@ class DispatchSettings:
 class Batch(Sequence[LLMEvent]):
     """The events of one send, each with its JSON as the spool holds it (``orjson.dumps``).
 
-    The dispatcher hands sinks a ``Batch``; a sink that writes events as JSON takes ``json``
-    rather than encoding every event again. Slices stay batches (the dispatcher splits them).
+    What every ``Sink.send`` takes. A sink that writes events as JSON takes ``json`` rather than
+    encoding every event again. Slices stay batches (the dispatcher splits them); ``Batch.of``
+    builds one from events alone.
     """
 
     __slots__ = ("_events", "json")
@@ -118,32 +119,47 @@ class Batch(Sequence[LLMEvent]):
             return Batch(self._events[index], self.json[index])
         return self._events[index]
 
-
-def as_json(events: Sequence[LLMEvent]) -> Sequence[bytes]:
-    """Each event's JSON: the spooled bytes of a ``Batch``, else encoded now."""
-    if isinstance(events, Batch):
-        return events.json
-    return [orjson.dumps(event) for event in events]
+    @classmethod
+    def of(cls, events: Sequence[LLMEvent]) -> Batch:
+        """A batch of events that come without their JSON (a test event, tests): encoded now,
+        exactly as the spool would have stored them."""
+        return cls(events, [orjson.dumps(event) for event in events])
 
 
 @runtime_checkable
 class Sink(Protocol):
-    """What the dispatcher needs of a destination."""
+    """What the dispatcher needs of a destination.
 
-    name: ClassVar[str]
+    Its owner (the relay, or a CLI command) calls ``start`` once, then any number of ``send`` and
+    ``probe``, then ``close``. A sink never starts itself: ``send`` on a sink that was not started
+    (or was closed) raises ``RuntimeError`` naming the sink, a bug in the caller, not a delivery
+    failure.
+    """
+
+    # The name in RELAY_SINKS, the status page and metric labels; an instance attribute because
+    # one class serves several names (every OTLP preset is an ``OtlpSink``).
+    name: str
 
     async def start(self) -> None:
         """Open connections or files; called once before the first ``send``."""
 
-    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
+    async def send(self, batch: Batch) -> SendResult | None:
         """Deliver one batch or raise a ``SinkError`` saying why not.
 
-        The events are shared with the other sinks: read them, never modify them. From the
-        dispatcher they come as a ``Batch`` (``as_json`` gives their JSON without re-encoding).
+        The events are shared with the other sinks: read them, never modify them; ``batch.json``
+        has each event's JSON as the spool stored it.
         """
 
     async def probe(self) -> ProbeResult:
-        """Check live that this sink can deliver now (credentials, reachability, disk)."""
+        """Check live that this sink can deliver now (credentials, reachability, disk).
+
+        Works whether or not the sink was started: the setup check may run on its own.
+        """
 
     async def close(self) -> None:
         """Release resources; safe to call twice and without ``start``."""
+
+
+def not_started(name: str) -> RuntimeError:
+    """The error of a ``send`` before ``start`` (or after ``close``): the caller's bug."""
+    return RuntimeError(f"the {name} sink was sent a batch before start() (or after close())")

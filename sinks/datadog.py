@@ -1,200 +1,66 @@
 """Datadog LLM Observability sink: each LLMEvent is one ``llm`` span.
 
-Two ways in. ``agentless`` (default) posts the documented public body to
+Three ways in. ``agentless`` (default) posts the documented public body to
 ``https://api.<DD_SITE>/api/intake/llm-obs/v1/trace/spans`` with ``DD-API-KEY``. ``agent`` posts
 the body the Datadog tracer sends to a local Agent's EVP proxy
-(``<DD_AGENT_URL>/evp_proxy/v2/api/v2/llmobs``), which adds the key itself. Encoding lives in
-``sinks.datadog_format``. This module reads the configuration, sends one batch, and says what the
-answer means. Batching, retries and dead letters belong to the dispatcher.
+(``<DD_AGENT_URL>/evp_proxy/v2/api/v2/llmobs``), which adds the key itself. ``otlp`` sends
+OpenTelemetry GenAI spans to Datadog's OTLP traces intake through the OTLP sink
+(``sinks.datadog_otlp``). Encoding lives in ``sinks.datadog_format``. This module reads the
+configuration, sends one batch, and says what the answer means (``sinks.http.failure``, with
+Datadog's retry rule). Batching, retries and dead letters belong to the dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Final
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 import aiohttp
 import orjson
 import structlog
 import urllib3
 
-from foundation.settings import EnvReader, mask
 from foundation.version import __version__
 from schemas import LLMEvent
 from sinks.base import (
-    DispatchSettings,
-    MisconfiguredError,
+    Batch,
     PayloadTooLargeError,
     PermanentError,
     ProbeResult,
     RetryableError,
     SendResult,
+    Sink,
     SinkError,
+    not_started,
 )
-from sinks.datadog_format import EncodedBatch, Mode, SpanFormat, encode_batch, ml_app_problem
-from sinks.http import parse_retry_after, transport_failure
-from sinks.registry import SinkSpec
+from sinks.datadog_config import (
+    DEFAULTS,
+    MAX_EVENT_AGE,
+    SITES,
+    DatadogSinkConfig,
+    site_problem,
+)
+from sinks.datadog_format import EncodedBatch, encode_batch
+from sinks.http import datadog_retryable, failure, parse_retry_after, transport_failure
+from sinks.otlp import OtlpSink
+from sinks.spec import SinkSpec
 
 log = structlog.get_logger("relay.sinks.datadog")
+# The configuration's names, importable from the sink's module as before the split.
+__all__ = ["DEFAULTS", "MAX_EVENT_AGE", "SITES", "SPEC", "DatadogSink", "DatadogSinkConfig"]
+__all__ += ["build", "classify", "intake_message", "retry_after", "site_problem"]
 
-# Sites that serve LLM Observability. The US1-FED (gov) sites do not.
-SITES: Final = (
-    "datadoghq.com",
-    "us3.datadoghq.com",
-    "us5.datadoghq.com",
-    "datadoghq.eu",
-    "ap1.datadoghq.com",
-    "ap2.datadoghq.com",
-    "uk1.datadoghq.com",
-)
-SPANS_PATH: Final = "/api/intake/llm-obs/v1/trace/spans"
-AGENT_SPANS_PATH: Final = "/evp_proxy/v2/api/v2/llmobs"
 AGENT_EVP_ENDPOINT: Final = "/evp_proxy/v2/"
 EVP_SUBDOMAIN: Final = "llmobs-intake"
 USER_AGENT: Final = f"llm-broadcast-relay/{__version__}"
-# The intake refuses spans more than 24 hours old. Stop an hour short so a batch in flight is not
-# refused on arrival.
-MAX_EVENT_AGE: Final = 23 * 3600.0
 ERROR_BODY_MAX: Final = 64 * 1024
 # Small batches without content encode in microseconds. Anything bigger is encoded in a thread.
 INLINE_ENCODE_MAX: Final = 8
 
-DEFAULTS: Final = DispatchSettings(
-    batch_size=500,
-    batch_max_bytes=3 * 1024 * 1024,  # leaves room under the 4 MB body limit once encoded
-    flush_interval=1.0,
-    max_retry_time=MAX_EVENT_AGE,
-    timeout=10.0,
-    max_event_age=MAX_EVENT_AGE,
-)
-
-
-def site_problem(site: str, *, custom_url: bool) -> str | None:
-    """Why ``DD_SITE`` cannot carry LLM Observability, or None."""
-    if site.endswith("ddog-gov.com"):
-        return (
-            f"Datadog LLM Observability is not available on the government site {site!r} "
-            f"(US1-FED); use one of: {', '.join(SITES)}"
-        )
-    if "://" in site or site.startswith(("app.", "api.")) or "/" in site:
-        return f"expected the site parameter alone, such as datadoghq.eu, got {site!r}"
-    if site not in SITES and not custom_url:
-        return (
-            f"unknown Datadog site {site!r}; LLM Observability is served on: {', '.join(SITES)} "
-            "(set RELAY_DATADOG_URL to reach a site not listed)"
-        )
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class DatadogSinkConfig:
-    ml_app: str
-    mode: Mode = "agentless"
-    api_key: str | None = None
-    site: str = "datadoghq.com"
-    base_url: str = "https://api.datadoghq.com"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    env: str | None = None
-    service: str | None = None
-    version: str | None = None
-    tags: tuple[str, ...] = ()
-    max_payload_bytes: int = 4_000_000
-    max_span_bytes: int = 1_000_000
-    timeout: float = DEFAULTS.timeout
-
-    @classmethod
-    def from_env(cls, env: EnvReader, data_dir: Path) -> DatadogSinkConfig:
-        mode = env.choice("RELAY_DATADOG_MODE", "agentless", ("agentless", "agent"))
-        custom_url = env.url("RELAY_DATADOG_URL")
-        site = (env.text("DD_SITE") or "datadoghq.com").lower()
-        if problem := site_problem(site, custom_url=custom_url is not None):
-            env.problem("DD_SITE", problem)
-        api_key = env.text("DD_API_KEY")
-        if mode == "agentless" and not api_key:
-            env.problem(
-                "DD_API_KEY",
-                "required by the datadog sink in agentless mode "
-                "(or set RELAY_DATADOG_MODE=agent to send through a local Datadog Agent)",
-            )
-        ml_app = env.text("DD_LLMOBS_ML_APP") or ""
-        if not ml_app:
-            env.problem(
-                "DD_LLMOBS_ML_APP", "required by the datadog sink: the name spans are filed under"
-            )
-        elif problem := ml_app_problem(ml_app):
-            env.problem("DD_LLMOBS_ML_APP", problem)
-        agent_url = (
-            env.url("DD_AGENT_URL") or env.url("DD_TRACE_AGENT_URL") or "http://localhost:8126"
-        )
-        base_url = custom_url or (agent_url if mode == "agent" else f"https://api.{site}")
-        # The dispatcher reads the same variable for its own deadline; a scratch reader keeps a bad
-        # value from being reported twice.
-        timeout = EnvReader(env.environ).number(
-            "RELAY_DATADOG_TIMEOUT", DEFAULTS.timeout, 0.1, 3600.0
-        )
-        return cls(
-            ml_app=ml_app,
-            mode=mode,  # type: ignore[arg-type]
-            api_key=api_key,
-            site=site,
-            base_url=base_url.rstrip("/"),
-            headers=env.pairs("RELAY_DATADOG_HEADERS"),
-            env=env.text("DD_ENV"),
-            service=env.text("DD_SERVICE"),
-            version=env.text("DD_VERSION"),
-            tags=tuple(t for t in re.split(r"[,\s]+", env.text("DD_TAGS") or "") if t),
-            max_payload_bytes=env.integer(
-                "RELAY_DATADOG_MAX_PAYLOAD_BYTES", 4_000_000, 64 * 1024, 64 * 1024 * 1024
-            ),
-            max_span_bytes=env.integer(
-                "RELAY_DATADOG_MAX_SPAN_BYTES", 1_000_000, 8 * 1024, 64 * 1024 * 1024
-            ),
-            timeout=timeout,
-        )
-
-    @property
-    def intake_url(self) -> str:
-        return self.base_url + (AGENT_SPANS_PATH if self.mode == "agent" else SPANS_PATH)
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.base_url).netloc
-
-    def span_format(self) -> SpanFormat:
-        named = (("env", self.env), ("service", self.service), ("version", self.version))
-        return SpanFormat(
-            mode=self.mode,
-            ml_app=self.ml_app,
-            global_tags=tuple(f"{k}:{v}" for k, v in named if v) + self.tags,
-            service=self.service,
-            max_span_bytes=self.max_span_bytes,
-            max_payload_bytes=self.max_payload_bytes,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "site": self.site,
-            "ml_app": self.ml_app,
-            "intake": self.intake_url,
-            "api_key": mask(self.api_key),
-            "headers": {name: mask(value) for name, value in self.headers.items()},
-            "env": self.env,
-            "service": self.service,
-            "tags": list(self.tags),
-            "max_payload_bytes": self.max_payload_bytes,
-            "max_span_bytes": self.max_span_bytes,
-            "timeout": self.timeout,
-        }
-
 
 class DatadogSink:
-    name: ClassVar[str] = "datadog"
+    name = "datadog"
 
     def __init__(self, config: DatadogSinkConfig) -> None:
         self.config = config
@@ -217,28 +83,31 @@ class DatadogSink:
         if session is not None:
             await session.close()
 
-    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
-        if not events:
+    async def send(self, batch: Batch) -> SendResult | None:
+        session = self._session
+        if session is None:
+            raise not_started(self.name)
+        if not batch:
             return None
-        await self.start()
-        assert self._session is not None
         try:
-            batch = await self._encode(events)
+            encoded = await self._encode(batch)
         except (TypeError, ValueError) as error:  # an event no JSON encoder takes: isolate it
             raise PermanentError(f"Datadog: cannot encode the batch: {error}") from error
-        if len(batch.body) > self.config.max_payload_bytes:
+        if len(encoded.body) > self.config.max_payload_bytes:
             raise PayloadTooLargeError(
-                f"Datadog: {len(events)} spans encode to {len(batch.body)} bytes, over the "
+                f"Datadog: {len(batch)} spans encode to {len(encoded.body)} bytes, over the "
                 f"{self.config.max_payload_bytes}-byte limit (RELAY_DATADOG_MAX_PAYLOAD_BYTES)"
             )
-        if batch.truncated:
+        if encoded.truncated:
             log.warning(
-                "datadog.content_truncated", spans=batch.truncated, limit=self.config.max_span_bytes
+                "datadog.content_truncated",
+                spans=encoded.truncated,
+                limit=self.config.max_span_bytes,
             )
         try:
-            async with self._session.post(
+            async with session.post(
                 self.config.intake_url,
-                data=batch.body,
+                data=encoded.body,
                 headers=self._headers,
                 allow_redirects=False,
             ) as response:
@@ -248,7 +117,7 @@ class DatadogSink:
                 body = await response.content.read(ERROR_BODY_MAX)
                 raise classify(response.status, response.headers, body, self.config)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            why = transport_failure(error, self.config.timeout)
+            why = transport_failure(error, self.config.timeout, "RELAY_DATADOG_TIMEOUT")
             raise RetryableError(f"Datadog: cannot reach {self.config.host}: {why}") from error
 
     async def _encode(self, events: Sequence[LLMEvent]) -> EncodedBatch:
@@ -289,8 +158,9 @@ class DatadogSink:
         except ApiException as error:
             body = error.body
             raw = orjson.dumps(body) if isinstance(body, dict | list) else str(body or "").encode()
-            said = f"{error.status}: {intake_message(raw)}".rstrip(": ")
-            return self._verdict(False, f"{config.host} answered {said} to the key check")
+            message = intake_message(raw)
+            said = f"{config.host} answered {error.status} to the key check"
+            return self._refused(error.status or 0, said + (f": {message}" if message else ""))
         except (urllib3.exceptions.HTTPError, OSError) as error:
             return self._verdict(
                 False, f"cannot reach {config.host}: {transport_failure(error, config.timeout)}"
@@ -311,9 +181,8 @@ class DatadogSink:
         try:
             async with session.get(config.base_url + "/info", timeout=timeout) as response:
                 if response.status != 200:
-                    return self._verdict(
-                        False, f"agent at {config.base_url} answered {response.status} to /info"
-                    )
+                    said = f"agent at {config.base_url} answered {response.status} to /info"
+                    return self._refused(response.status, said)
                 info = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             return self._verdict(
@@ -340,40 +209,39 @@ class DatadogSink:
             agent_version=version,
         )
 
+    def _refused(self, status: int, said: str) -> ProbeResult:
+        """A check the peer answered with a failure: the words a send's failure would have."""
+        verdict = failure(
+            status,
+            f"Datadog: {said}",
+            self.config.hints,
+            retry_after=None,
+            retryable=datadog_retryable,
+        )
+        return ProbeResult(False, str(verdict), self._facts())
+
     def _verdict(self, ok: bool, message: str, **details: Any) -> ProbeResult:
+        return ProbeResult(ok, f"Datadog: {message}", self._facts(**details))
+
+    def _facts(self, **details: Any) -> dict[str, Any]:
         config = self.config
-        facts = {"mode": config.mode, "site": config.site, "intake": config.intake_url, **details}
-        return ProbeResult(ok, f"Datadog: {message}", facts)
+        return {"mode": config.mode, "site": config.site, "intake": config.intake_url, **details}
 
 
 def classify(
     status: int, headers: Mapping[str, str], body: bytes, config: DatadogSinkConfig
 ) -> SinkError:
-    """What a non-2xx answer means for the batch."""
+    """What a non-2xx answer means for the batch: ``sinks.http.failure`` with Datadog's rule."""
     message = intake_message(body)
-    said = f"{status}: {message}" if message else str(status)
     where = f"agent at {config.base_url}" if config.mode == "agent" else f"intake {config.base_url}"
-    if status == 413:
-        return PayloadTooLargeError(f"Datadog: {where} refused the batch as too large ({said})")
-    if status in (408, 429) or (status >= 500 and status != 501):
-        return RetryableError(f"Datadog: {where} answered {said}", retry_after(headers))
-    if status in (401, 403):
-        if config.mode == "agent":
-            return MisconfiguredError(
-                f"Datadog: {where} refused the spans ({said}); check the Agent's api_key and site"
-            )
-        return MisconfiguredError(
-            f"Datadog: DD_API_KEY was rejected for site {config.site} ({said}); check that the key "
-            f"is valid and belongs to an organization on {config.site}"
-        )
-    if status in (404, 405) or 300 <= status < 400:
-        hint = (
-            "the agent has no EVP proxy for LLM Observability"
-            if config.mode == "agent"
-            else "check RELAY_DATADOG_URL and DD_SITE"
-        )
-        return MisconfiguredError(f"Datadog: {config.intake_url} answered {said}; {hint}")
-    return PermanentError(f"Datadog: {where} refused the batch ({said})")
+    said = f"Datadog: {where} answered {status}" + (f": {message}" if message else "")
+    return failure(
+        status,
+        said,
+        config.hints,
+        retry_after=retry_after(headers),
+        retryable=datadog_retryable,
+    )
 
 
 def intake_message(body: bytes) -> str:
@@ -403,9 +271,16 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def build(config: DatadogSinkConfig) -> Sink:
+    """The span API's sink, or in OTLP mode the OTLP sink aimed at Datadog."""
+    if config.mode == "otlp":
+        return OtlpSink(config.otlp())
+    return DatadogSink(config)
+
+
 SPEC = SinkSpec(
     name="datadog",
     read_config=DatadogSinkConfig.from_env,
-    build=DatadogSink,
+    build=build,
     defaults=DEFAULTS,
 )

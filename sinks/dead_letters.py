@@ -3,7 +3,8 @@
 One JSON Lines file per sink, ``<data dir>/dead-letter/<sink>.jsonl``, with two shapes of line:
 
 - ``{"dead_lettered_at", "sink", "reason", "error", "event"}``: an event the sink refused.
-  ``llm-broadcast-relay replay`` reads these lines as well as file-sink lines.
+  ``replay_records`` reads these lines back (as well as file-sink lines) for
+  ``llm-broadcast-relay replay``.
 - ``{"dead_lettered_at", "sink", "reason", "error", "raw_base64"}``: a spool row that is not even
   JSON, kept byte for byte (base64) for a person to inspect.
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import orjson
 
 from foundation.times import rfc3339_ns
 from schemas import LLMEvent
-from sinks.line_file import LineFile
+from sinks.line_file import LineFile, read_lines
 
 
 class DeadLetters:
@@ -62,3 +64,24 @@ class DeadLetters:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def replay_records(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(the sink that dead-lettered it, or None, event) for each line of a dead-letter file or a
+    file-sink file (compressed rotations included)."""
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            # A crash can leave a partial last line; anything else is worth saying.
+            print(f"skipping line {number} of {path}: not JSON", file=sys.stderr)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("event"), dict):
+            yield record.get("sink"), record["event"]
+        elif isinstance(record, dict) and "raw_base64" in record:
+            # A spooled row that held no event: kept for a person to read, nothing to send.
+            print(f"skipping line {number} of {path}: an undecodable spool row", file=sys.stderr)
+        elif isinstance(record, dict):
+            yield None, record

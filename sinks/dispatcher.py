@@ -28,9 +28,7 @@ import contextlib
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from schemas import LLMEvent
@@ -45,10 +43,18 @@ from sinks.base import (
     SinkError,
 )
 from sinks.dead_letters import DeadLetters
+from sinks.outcomes import (
+    AttemptFailed,
+    DeadLettered,
+    Delivered,
+    DeliveryBook,
+    DispatchFault,
+    Retrying,
+    SinkStatus,
+)
 from sinks.spool import Record, Spool, decode_records
 from telemetry.metrics import Metrics
 
-log = structlog.get_logger("relay.dispatch")
 # The pause after a failure that is not the peer's (the spool's database, a bug), doubling up to
 # the longest: the loop goes on, slowly, until the cause is gone.
 FAULT_PAUSE_SECONDS = (1.0, 30.0)
@@ -56,19 +62,6 @@ FAULT_PAUSE_SECONDS = (1.0, 30.0)
 
 class ShuttingDownError(Exception):
     """Raised inside a backoff wait when the relay stops: the batch stays in the spool."""
-
-
-@dataclass(slots=True)
-class SinkStatus:
-    """What ``/v1/status`` shows for one sink."""
-
-    sent: int = 0
-    retries: int = 0
-    dead_lettered: int = 0
-    partial_rejected: int = 0
-    last_success_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
 
 
 class Dispatcher:
@@ -85,8 +78,7 @@ class Dispatcher:
         self.settings = settings
         self.spool = spool
         self.dead_letters = dead_letters
-        self.metrics = metrics
-        self.status = SinkStatus()
+        self.book = DeliveryBook(self.name, metrics)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -107,6 +99,10 @@ class Dispatcher:
                 await task
 
     @property
+    def status(self) -> SinkStatus:
+        return self.book.status
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -120,9 +116,7 @@ class Dispatcher:
                 return
             except Exception as error:  # the loop must outlive any failure: log, show, pause
                 faults += 1
-                log.exception("dispatch_failed", sink=self.name, error=str(error))
-                self.status.last_error = f"relay: {error}"
-                self.status.last_error_at = time.time()
+                self.book.book(DispatchFault(error))
                 first, longest = FAULT_PAUSE_SECONDS
                 with contextlib.suppress(ShuttingDownError):
                     await self._pause(min(longest, first * 2 ** (faults - 1)))
@@ -225,33 +219,25 @@ class Dispatcher:
 
     async def _attempt(self, events: Batch) -> None:
         started = time.perf_counter()
+        timeout = self.settings.timeout
         try:
-            result = await asyncio.wait_for(self.sink.send(events), self.settings.timeout)
+            result = await asyncio.wait_for(self.sink.send(events), timeout)
         except TimeoutError:
-            self._record_failure("timeout", f"no answer within {self.settings.timeout}s")
-            raise RetryableError(f"no answer within {self.settings.timeout}s") from None
+            why = f"no answer within {timeout}s"
+            self.book.book(AttemptFailed("timeout", why, time.perf_counter() - started))
+            raise RetryableError(why) from None
         except SinkError as error:
-            self._record_failure(_failure_reason(error), str(error))
+            seconds = time.perf_counter() - started
+            self.book.book(AttemptFailed(_failure_reason(error), str(error), seconds))
             raise
         except Exception as error:  # a sink's bug must not stall the sink on one odd event
-            log.exception("sink_failed", sink=self.name, events=len(events))
-            self._record_failure("permanent", f"{self.name} sink failed: {error!r}")
+            why = f"{self.name} sink failed: {error!r}"
+            self.book.book(AttemptFailed("permanent", why, time.perf_counter() - started, error))
             raise PermanentError(
                 f"the {self.name} sink failed on these events: {error!r}"
             ) from error
-        finally:
-            self.metrics.sink_send_duration.labels(self.name).observe(time.perf_counter() - started)
-        now = time.time()
-        self.status.sent += len(events)
-        self.status.last_success_at = now
-        self.metrics.sink_sent.labels(self.name).inc(len(events))
-        self.metrics.sink_last_success.labels(self.name).set(now)
-        if result is not None and (result.rejected or result.message):
-            self.status.partial_rejected += result.rejected
-            self.metrics.sink_partial_rejected.labels(self.name).inc(result.rejected)
-            log.warning(
-                "partial_success", sink=self.name, rejected=result.rejected, message=result.message
-            )
+        rejected, message = (result.rejected, result.message) if result else (0, "")
+        self.book.book(Delivered(len(events), time.perf_counter() - started, rejected, message))
 
     def _backoff(self, state: RetryCallState) -> float:
         settings = self.settings
@@ -263,16 +249,9 @@ class Dispatcher:
         return delay
 
     def _count_retry(self, state: RetryCallState) -> None:
-        self.status.retries += 1
-        self.metrics.sink_retries.labels(self.name).inc()
         error = state.outcome.exception() if state.outcome else None
-        log.info(
-            "send_retry",
-            sink=self.name,
-            attempt=state.attempt_number,
-            wait_s=round(state.upcoming_sleep, 3),
-            error=str(error),
-        )
+        wait_s = round(state.upcoming_sleep, 3)
+        self.book.book(Retrying(state.attempt_number, wait_s, str(error)))
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -281,31 +260,18 @@ class Dispatcher:
             return
         raise ShuttingDownError
 
-    def _record_failure(self, reason: str, message: str) -> None:
-        self.status.last_error = message
-        self.status.last_error_at = time.time()
-        self.metrics.sink_failures.labels(self.name, reason).inc()
-
     async def _dead_letter(self, events: Batch, reason: str, error: str) -> None:
         await self.dead_letters.write(self.name, events, reason, error)
-        self._count_dead_letters(len(events), reason, error)
+        self._booked_dead_letters(len(events), reason, error)
 
     async def _dead_letter_raw(self, bodies: Sequence[bytes]) -> None:
         error = "the spooled row is not an event's JSON"
         await self.dead_letters.write_undecodable(self.name, bodies, "undecodable", error)
-        self._count_dead_letters(len(bodies), "undecodable", error)
+        self._booked_dead_letters(len(bodies), "undecodable", error)
 
-    def _count_dead_letters(self, count: int, reason: str, error: str) -> None:
-        self.status.dead_lettered += count
-        self.metrics.sink_dead_lettered.labels(self.name, reason).inc(count)
-        log.error(
-            "events_dead_lettered",
-            sink=self.name,
-            reason=reason,
-            count=count,
-            error=error,
-            path=str(self.dead_letters.path(self.name)),
-        )
+    def _booked_dead_letters(self, count: int, reason: str, error: str) -> None:
+        path = str(self.dead_letters.path(self.name))
+        self.book.book(DeadLettered(count, reason, error, path))
 
 
 def _pick(

@@ -15,20 +15,26 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 import zstandard
 
 from foundation.settings import EnvReader
-from schemas import LLMEvent
-from sinks.base import DispatchSettings, ProbeResult, RetryableError, SendResult, as_json
+from sinks.base import (
+    Batch,
+    DispatchSettings,
+    ProbeResult,
+    RetryableError,
+    SendResult,
+    not_started,
+)
 from sinks.line_file import LineFile
-from sinks.registry import SinkSpec
+from sinks.spec import SinkSpec
 
 log = structlog.get_logger("relay.sinks.file")
 
@@ -47,7 +53,9 @@ class FileSinkConfig:
     fsync: bool = True
 
     @classmethod
-    def from_env(cls, env: EnvReader, data_dir: Path) -> FileSinkConfig:
+    def from_env(
+        cls, env: EnvReader, data_dir: Path, dispatch: DispatchSettings | None = None
+    ) -> FileSinkConfig:
         path = Path(env.text("RELAY_FILE_PATH") or data_dir / "llm-events.jsonl")
         compress = env.choice("RELAY_FILE_COMPRESS", "gzip", ("none", "gzip", "zstd"))
         return cls(
@@ -63,6 +71,9 @@ class FileSinkConfig:
             self, path=self.path.with_name(f"{self.path.stem}.w{worker}{self.path.suffix}")
         )
 
+    def endpoints(self) -> Mapping[str, str]:
+        return {}  # a file posts nowhere
+
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
@@ -73,7 +84,7 @@ class FileSinkConfig:
 
 
 class FileSink:
-    name: ClassVar[str] = "file"
+    name = "file"
 
     def __init__(self, config: FileSinkConfig) -> None:
         self.config = config
@@ -85,14 +96,15 @@ class FileSink:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-sink")
 
-    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
-        await self.start()
-        assert self._executor is not None
-        lines = as_json(events)
+    async def send(self, batch: Batch) -> SendResult | None:
+        executor = self._executor
+        if executor is None:
+            raise not_started(self.name)
+        lines = batch.json
         data = b"\n".join(lines) + b"\n" if lines else b""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write, data)
+            await loop.run_in_executor(executor, self._write, data)
         except OSError as error:
             # A full disk or a vanished directory can heal; the spool keeps the events meanwhile.
             raise RetryableError(f"cannot write {self.config.path}: {error.strerror}") from error

@@ -4,11 +4,13 @@ Hand-written because no library offers "whole lines or nothing": a buffered Pyth
 of a failed write in the file and part in its buffer, so the retry lands after a torn line. Here an
 append is ``os.write`` on an ``O_APPEND`` descriptor, cut back with ``os.ftruncate`` if it fails,
 under an ``flock`` so that two processes (the relay and ``replay``) never interleave.
+``read_lines`` reads such a file back, rotated and compressed (``.gz``, ``.zst``) or not.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Final
 
 import structlog
+import zstandard
 
 _TAIL_CHUNK: Final = 8192
 
@@ -137,3 +140,23 @@ class LineFile:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a line file, decompressed when its name ends in ``.gz`` or ``.zst``."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as handle:
+            yield from handle
+    elif path.suffix == ".zst":
+        with open(path, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            pending = b""
+            while chunk := reader.read(1 << 20):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                yield from complete
+            if pending:
+                yield pending
+    else:
+        with open(path, "rb") as handle:
+            yield from handle

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.phoenix import Phoenix, phoenix_executable
 from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import ScriptedServer
 from tests.helpers.test_agent import TestAgent, agent_executable
@@ -31,6 +32,19 @@ def test_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestAgent]:
         yield agent
     finally:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
+    """Arize Phoenix as a real OTLP store, started once per session by the tests that use it."""
+    executable = phoenix_executable()
+    if executable is None:
+        pytest.fail("arize-phoenix not found: run the tests through `make test`")
+    server = Phoenix(executable, tmp_path_factory.mktemp("phoenix"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any, Final, cast
 import orjson
 
 from foundation.memo import remember_short
-from foundation.secrets import redact_text
+from foundation.secrets import mask_known, redact_text
 from foundation.times import rfc3339_ns
 from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
@@ -202,7 +202,7 @@ def _event(item: dict[str, Any], at_id: str, ctx: IngestContext) -> LLMEvent:
     if not found:
         return event
     # Longest first: one secret may contain another (a rotation's nextSecret, say).
-    return cast(LLMEvent, _swept(event, sorted(found, key=len, reverse=True)))
+    return cast(LLMEvent, mask_known(event, sorted(found, key=len, reverse=True)))
 
 
 def _ms_to_ns(value: Any) -> int | None:
@@ -522,17 +522,3 @@ def _secret_values(
     )
     # Very short values would blank out ordinary words; they are not keys anyone issues.
     return {value for value in candidates if isinstance(value, str) and len(value) >= 8}
-
-
-def _swept(value: Any, secrets: list[str]) -> Any:
-    """A copy of ``value`` in which every occurrence of a known secret is masked."""
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, "[REDACTED]")
-        return value
-    if isinstance(value, dict):
-        return {key: _swept(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_swept(item, secrets) for item in value]
-    return value

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sinks.base import Batch, as_json
+from sinks.base import Batch
 from sinks.file import FileSink, FileSinkConfig
 from tests.helpers.payloads import stored_event as event
 
@@ -31,15 +31,17 @@ def test_events_and_json_must_pair_up() -> None:
         Batch([event(1), event(2)], [b"{}"])
 
 
-def test_as_json_encodes_events_given_without_their_json() -> None:
+def test_batch_of_encodes_events_given_without_their_json() -> None:
     events = [event(1), event(2)]
-    assert as_json(events) == [orjson.dumps(e) for e in events]
-    assert as_json([]) == []
+    batch = Batch.of(events)
+    assert list(batch.json) == [orjson.dumps(e) for e in events]
+    assert list(batch) == events
+    assert len(Batch.of([])) == 0
 
 
 async def test_the_file_sink_writes_a_batch_as_it_writes_plain_events(tmp_path: Path) -> None:
     outputs = []
-    for name, events in (("plain", [event(1), event(2)]), ("batch", spooled(3)[1:])):
+    for name, events in (("plain", Batch.of([event(1), event(2)])), ("batch", spooled(3)[1:])):
         path = tmp_path / f"{name}.jsonl"
         sink = FileSink(FileSinkConfig(path=path))
         await sink.start()

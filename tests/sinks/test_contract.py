@@ -1,6 +1,7 @@
 """The same contract for every sink, as the Collector's consume-contract checker states it.
 
-Each sink runs behind the real dispatcher and spool, against a scripted peer on loopback:
+Each sink (every OTLP preset and Datadog's modes included) runs behind the real dispatcher and
+spool, against a scripted peer on loopback:
 - with N events and injected transient errors, tries == batches + errors and every event is
   delivered exactly once;
 - a permanent error is never retried and dead-letters the batch;
@@ -16,7 +17,6 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -27,6 +27,7 @@ from schemas import LLMEvent
 from sinks.base import DispatchSettings, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
+from sinks.otlp_presets import PRESETS, Preset
 from sinks.registry import sink_specs
 from sinks.spool import Spool
 from telemetry.metrics import Metrics
@@ -50,15 +51,36 @@ class Peer:
     env: Callable[[str], dict[str, str]]
     prepare: Callable[[ScriptedServer], object]
     event_ids: Callable[[Received], list[str]]
+    spec: str = ""  # the sink spec, when not ``name``
+
+
+def preset_env(preset: Preset, url: str | None = None) -> dict[str, str]:
+    """Every setting of a preset set (secrets to recognisable values), its endpoint at ``url``."""
+    prefix = f"RELAY_{preset.name.upper()}_"
+    endpoint = f"{url or 'http://127.0.0.1:9'}/v1/traces"
+    env = {
+        prefix + s.key: (url or "http://127.0.0.1:9")
+        if s.kind == "url"
+        else f"{'secret' if s.secret else 'value'}-{s.key}"
+        for s in preset.settings
+    }
+    if url is not None or preset.endpoint is None:
+        env[prefix + "ENDPOINT"] = endpoint
+    return env
+
+
+def otlp_peer(name: str, env: Callable[[str], dict[str, str]], spec: str = "") -> Peer:
+    ok = lambda server: setattr(server, "default", OTLP_OK)  # noqa: E731
+    return Peer(name, env, ok, otlp_event_ids, spec)
+
+
+def preset_peer(preset: Preset) -> Peer:
+    return otlp_peer(preset.name, lambda url: preset_env(preset, url))
 
 
 PEERS = [
-    Peer(
-        "tempo",
-        lambda url: {"RELAY_TEMPO_ENDPOINT": url + "/v1/traces"},
-        lambda server: setattr(server, "default", OTLP_OK),
-        otlp_event_ids,
-    ),
+    otlp_peer("otlp", lambda url: {"RELAY_OTLP_ENDPOINT": url + "/v1/traces"}),
+    *(preset_peer(preset) for preset in PRESETS),
     Peer(
         "datadog",
         lambda url: {
@@ -68,6 +90,16 @@ PEERS = [
         },
         lambda server: install(server, API_KEY),
         datadog_event_ids,
+    ),
+    otlp_peer(
+        "datadog-otlp",
+        lambda url: {
+            "DD_API_KEY": API_KEY,
+            "DD_LLMOBS_ML_APP": "contract",
+            "RELAY_DATADOG_MODE": "otlp",
+            "RELAY_DATADOG_URL": url,
+        },
+        spec="datadog",
     ),
 ]
 
@@ -112,11 +144,12 @@ class Harness:
 
 
 def build_sink(peer: Peer, url: str, tmp_path: Path) -> tuple[Sink, DispatchSettings]:
-    spec = sink_specs()[peer.name]
+    spec = sink_specs()[peer.spec or peer.name]
     env = EnvReader(peer.env(url))
-    config = spec.read_config(env, tmp_path)
+    dispatch = spec.dispatch_settings(env)
+    config = spec.read_config(env, tmp_path, dispatch)
     assert env.problems == []
-    return spec.build(config), spec.defaults
+    return spec.build(config), dispatch
 
 
 @pytest.fixture(params=PEERS, ids=[p.name for p in PEERS])
@@ -213,19 +246,25 @@ async def test_shutdown_interrupts_backoff_and_keeps_the_batch(harness: Harness)
     assert harness.spool.backlog(harness.dispatcher.name) == 3
 
 
+def minimal_env(name: str) -> dict[str, str]:
+    """The least a sink needs to start: nothing for most, credentials for some."""
+    presets = {preset.name: preset for preset in PRESETS}
+    if name in presets:
+        return preset_env(presets[name])
+    return {"datadog": {"DD_API_KEY": API_KEY, "DD_LLMOBS_ML_APP": "contract"}}.get(name, {})
+
+
 @pytest.mark.parametrize("name", sorted(sink_specs()))
 async def test_lifecycle_and_default_config(name: str, tmp_path: Path) -> None:
     spec = sink_specs()[name]
-    minimal: dict[str, Any] = {
-        "file": {},
-        "tempo": {"RELAY_TEMPO_ENDPOINT": "http://127.0.0.1:9/v1/traces"},
-        "datadog": {"DD_API_KEY": API_KEY, "DD_LLMOBS_ML_APP": "contract"},
-    }[name]
+    minimal = minimal_env(name)
     env = EnvReader(minimal)
-    config = spec.read_config(env, tmp_path)
+    config = spec.read_config(env, tmp_path, spec.dispatch_settings(env))
     assert env.problems == []
     assert isinstance(config.describe(), dict)
-    assert API_KEY not in orjson.dumps(config.describe()).decode()
+    described = orjson.dumps(config.describe()).decode()
+    assert API_KEY not in described
+    assert "secret-" not in described  # every credential masked
     never_started = spec.build(config)
     await never_started.close()
     await never_started.close()
@@ -234,3 +273,8 @@ async def test_lifecycle_and_default_config(name: str, tmp_path: Path) -> None:
     await sink.close()
     await sink.close()
     assert sink.name == name
+
+
+def test_every_preset_is_a_sink_of_its_own() -> None:
+    assert {preset.name for preset in PRESETS} <= set(sink_specs())
+    assert {peer.name for peer in PEERS} >= {preset.name for preset in PRESETS}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from foundation.settings import EnvReader
 from foundation.times import rfc3339_ns
 from schemas import LLMEvent
 from sinks.base import (
+    Batch,
     MisconfiguredError,
     PayloadTooLargeError,
     PermanentError,
@@ -28,6 +30,7 @@ from sinks.base import (
 )
 from sinks.datadog import SPEC, DatadogSink, DatadogSinkConfig
 from sinks.datadog_format import DROPPED, TRACER_VERSION
+from sinks.otlp import OtlpSink
 from tests.conftest import fixture_json
 from tests.helpers.ports import free_port
 from tests.helpers.scripted_server import Answer, Received, ScriptedServer, json_error
@@ -168,8 +171,9 @@ def recent() -> int:
 
 
 def read_config(environ: dict[str, str]) -> tuple[DatadogSinkConfig, list[str]]:
+    """As the relay reads it: the dispatch settings (and their timeout) first."""
     env = EnvReader(environ)
-    config = DatadogSinkConfig.from_env(env, data_dir=None)  # type: ignore[arg-type]
+    config = DatadogSinkConfig.from_env(env, Path("data"), SPEC.dispatch_settings(env))
     return config, env.problems
 
 
@@ -179,12 +183,17 @@ def make_config(**environ: str) -> DatadogSinkConfig:
     return config
 
 
+Started = Callable[[DatadogSinkConfig], Awaitable[DatadogSink]]
+
+
 @pytest.fixture
-async def sinks() -> AsyncIterator[Callable[[DatadogSinkConfig], DatadogSink]]:
+async def sinks() -> AsyncIterator[Started]:
+    """Builds and starts sinks as the relay does; closes them after the test."""
     built: list[DatadogSink] = []
 
-    def build(config: DatadogSinkConfig) -> DatadogSink:
+    async def build(config: DatadogSinkConfig) -> DatadogSink:
         built.append(DatadogSink(config))
+        await built[-1].start()
         return built[-1]
 
     yield build
@@ -281,7 +290,7 @@ def expected_chat_span_v2(start_ns: int) -> dict[str, Any]:
 
 
 async def test_agent_mode_posts_the_tracer_format_to_the_evp_proxy(
-    test_agent: TestAgent, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    test_agent: TestAgent, sinks: Started
 ) -> None:
     token = test_agent.new_session()
     config = make_config(
@@ -292,12 +301,11 @@ async def test_agent_mode_posts_the_tracer_format_to_the_evp_proxy(
         DD_VERSION="2.3.1",
         DD_TAGS="team:ml-platform",
     )
-    sink = sinks(config)
-    await sink.start()
+    sink = await sinks(config)
     start = recent()
     events = [openrouter_chat(start), litellm_rate_limited(start), otoroshi_with_content(start)]
 
-    assert await sink.send(events) is None
+    assert await sink.send(Batch.of(events)) is None
 
     (stored,) = await eventually(lambda: test_agent.requests(token), message="the agent's copy")
     assert stored["method"] == "POST"
@@ -355,7 +363,7 @@ async def test_agent_mode_posts_the_tracer_format_to_the_evp_proxy(
 
 
 async def test_agent_mode_has_the_shape_ddtrace_sends(
-    test_agent: TestAgent, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    test_agent: TestAgent, sinks: Started
 ) -> None:
     """Field for field, what a real ddtrace 4.16 sent through the same agent path."""
     captured = fixture_json("datadog-llmobs-ddtrace-v2-captured.json")["body"]
@@ -366,7 +374,8 @@ async def test_agent_mode_has_the_shape_ddtrace_sends(
         DD_AGENT_URL=test_agent.apm_url,
         RELAY_DATADOG_HEADERS=f"X-Datadog-Test-Session-Token={token}",
     )
-    await sinks(config).send([otoroshi_with_content(recent()) | {"session_id": "sess-42"}])
+    sink = await sinks(config)
+    await sink.send(Batch.of([otoroshi_with_content(recent()) | {"session_id": "sess-42"}]))
 
     (stored,) = await eventually(lambda: test_agent.requests(token), message="the agent's copy")
     (envelope,) = orjson.loads(stored["body"])
@@ -388,14 +397,13 @@ async def test_agent_mode_has_the_shape_ddtrace_sends(
 
 
 async def test_agentless_body_passes_the_strict_intake(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
-    sink = sinks(agentless(intake, DD_ENV="prod", DD_SERVICE="chat-gateway"))
-    await sink.start()
+    sink = await sinks(agentless(intake, DD_ENV="prod", DD_SERVICE="chat-gateway"))
     start = recent()
     events = [openrouter_chat(start), litellm_rate_limited(start), otoroshi_with_content(start)]
 
-    assert await sink.send(events) is None
+    assert await sink.send(Batch.of(events)) is None
 
     (request,) = intake.requests
     assert request.method == "POST"
@@ -442,10 +450,11 @@ async def test_agentless_body_passes_the_strict_intake(
 
 
 async def test_a_span_too_big_alone_is_truncated_with_a_marker(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
     huge = "The quick brown fox jumps over the lazy dog. " * 70_000  # 3.1 MB of prompt
-    await sinks(agentless(intake)).send([otoroshi_with_content(recent(), text=huge)])
+    sink = await sinks(agentless(intake))
+    await sink.send(Batch.of([otoroshi_with_content(recent(), text=huge)]))
 
     (request,) = intake.requests  # accepted by the strict intake: under its 1 MB span limit
     assert len(request.body) < 1_000_000
@@ -459,13 +468,14 @@ async def test_a_span_too_big_alone_is_truncated_with_a_marker(
 
 
 async def test_content_dropped_when_truncation_cannot_fit(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
     event = otoroshi_with_content(recent())
     event["input_messages"] = [
         {"role": "user", "parts": [{"type": "text", "content": "x" * 300}]}
     ] * 400
-    await sinks(agentless(intake, RELAY_DATADOG_MAX_SPAN_BYTES="8192")).send([event])
+    sink = await sinks(agentless(intake, RELAY_DATADOG_MAX_SPAN_BYTES="8192"))
+    await sink.send(Batch.of([event]))
 
     (span,) = sent_body(intake)["data"]["attributes"]["spans"]
     assert span["meta"]["input"] == {"value": DROPPED}
@@ -473,14 +483,14 @@ async def test_content_dropped_when_truncation_cannot_fit(
     assert span["meta"]["metadata"]["content_truncated"] is True
 
 
-async def test_odd_values_never_break_encoding(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
-) -> None:
+async def test_odd_values_never_break_encoding(intake: ScriptedServer, sinks: Started) -> None:
     event = otoroshi_with_content(recent())
     event["attributes"] = {"gen_ai.request.seed": 2**70, "gen_ai.request.top_p": "nan"}
     event["output_messages"][0]["parts"][1]["arguments"] = {"big": 2**70}
     event["user_id"] = "000123"
-    await sinks(agentless(intake)).send([event])
+    sink = await sinks(agentless(intake))
+    # JSON holds no integer over 64 bits, so neither could the spool; the encoder copes anyway.
+    await sink.send(Batch([event], [b"{}"]))
 
     (span,) = sent_body(intake)["data"]["attributes"]["spans"]
     metadata = span["meta"]["metadata"]
@@ -493,17 +503,17 @@ async def test_odd_values_never_break_encoding(
 
 
 async def test_a_batch_over_the_payload_limit_is_refused_for_splitting(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
-    sink = sinks(agentless(intake, RELAY_DATADOG_MAX_PAYLOAD_BYTES="65536"))
+    sink = await sinks(agentless(intake, RELAY_DATADOG_MAX_PAYLOAD_BYTES="65536"))
     events = [otoroshi_with_content(recent(), text=f"{i} " + "y" * 30_000) for i in range(3)]
 
     with pytest.raises(PayloadTooLargeError, match="over the 65536-byte limit"):
-        await sink.send(events)
+        await sink.send(Batch.of(events))
     assert intake.requests == []
 
     for event in events:  # each half of a split fits
-        await sink.send([event])
+        await sink.send(Batch.of([event]))
     assert len(intake.requests) == 3
 
 
@@ -526,17 +536,21 @@ def http_date(seconds_from_now: float) -> str:
         ),
         (Answer(status=500), RetryableError, "answered 500"),
         (Answer(status=408), RetryableError, "answered 408"),
-        (Answer(status=501), PermanentError, "refused the batch (501)"),
-        (json_error(413, "Request entity too large"), PayloadTooLargeError, "too large (413"),
+        (Answer(status=501), PermanentError, "answered 501"),
+        (
+            json_error(413, "Request entity too large"),
+            PayloadTooLargeError,
+            "answered 413: Request entity too large",
+        ),
         (
             json_error(400, "spans[0].meta.kind: invalid value"),
             PermanentError,
-            "refused the batch (400: spans[0].meta.kind: invalid value)",
+            "answered 400: spans[0].meta.kind: invalid value",
         ),
         (
             json_error(403, "Forbidden"),
             MisconfiguredError,
-            "DD_API_KEY was rejected for site datadoghq.eu (403: Forbidden)",
+            "answered 403: Forbidden; DD_API_KEY was rejected for site datadoghq.eu",
         ),
         (
             Answer(status=404, body=b"404 page not found"),
@@ -547,14 +561,15 @@ def http_date(seconds_from_now: float) -> str:
 )
 async def test_answers_are_classified(
     intake: ScriptedServer,
-    sinks: Callable[[DatadogSinkConfig], DatadogSink],
+    sinks: Started,
     answer: Answer,
     error_class: type[SinkError],
     message: str,
 ) -> None:
     intake.answer_next(answer)
+    sink = await sinks(agentless(intake))
     with pytest.raises(error_class) as raised:
-        await sinks(agentless(intake)).send([openrouter_chat(recent())])
+        await sink.send(Batch.of([openrouter_chat(recent())]))
 
     assert message in str(raised.value)
     assert API_KEY not in str(raised.value)
@@ -562,53 +577,55 @@ async def test_answers_are_classified(
     if answer.status == 429:
         assert isinstance(raised.value, RetryableError) and raised.value.retry_after == 7.0
     if isinstance(raised.value, PermanentError):
-        assert raised.value.isolate is (answer.status in (400, 501))  # only bad data is bisected
+        # Only bad data is bisected; a 5xx that is not retried refuses any batch alike.
+        assert raised.value.isolate is (answer.status == 400)
 
 
-async def test_retry_after_as_an_http_date(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
-) -> None:
+async def test_retry_after_as_an_http_date(intake: ScriptedServer, sinks: Started) -> None:
     intake.answer_next(Answer(status=429, headers={"Retry-After": http_date(30)}))
+    sink = await sinks(agentless(intake))
     with pytest.raises(RetryableError) as raised:
-        await sinks(agentless(intake)).send([openrouter_chat(recent())])
+        await sink.send(Batch.of([openrouter_chat(recent())]))
     assert raised.value.retry_after is not None and 25 <= raised.value.retry_after <= 31
 
 
 async def test_a_wrong_key_is_refused_by_the_intake_as_forbidden(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
     config = agentless(intake, DD_API_KEY="ffffffffffffffffffffffffffffffff")
+    sink = await sinks(config)
     with pytest.raises(MisconfiguredError) as raised:
-        await sinks(config).send([openrouter_chat(recent())])
+        await sink.send(Batch.of([openrouter_chat(recent())]))
     assert "DD_API_KEY" in str(raised.value) and "ffff" not in str(raised.value)
 
 
 async def test_unreachable_intake_is_retryable(
-    sinks: Callable[[DatadogSinkConfig], DatadogSink],
+    sinks: Started,
 ) -> None:
     port = free_port()  # nothing listens there
     config = make_config(RELAY_DATADOG_URL=f"http://127.0.0.1:{port}")
+    sink = await sinks(config)
     with pytest.raises(RetryableError, match=f"Datadog: cannot reach 127.0.0.1:{port}: "):
-        await sinks(config).send([openrouter_chat(recent())])
+        await sink.send(Batch.of([openrouter_chat(recent())]))
 
 
 async def test_a_hanging_intake_times_out_as_retryable(
-    intake: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    intake: ScriptedServer, sinks: Started
 ) -> None:
     intake.hold()
     config = agentless(intake, RELAY_DATADOG_TIMEOUT="0.3")
+    sink = await sinks(config)
     with pytest.raises(RetryableError, match=r"no answer within 0\.3s"):
-        await sinks(config).send([openrouter_chat(recent())])
+        await sink.send(Batch.of([openrouter_chat(recent())]))
 
 
 # --- the live probe ---------------------------------------------------------------------------
 
 
-async def test_probe_accepts_a_valid_key(
-    scripted_server: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
-) -> None:
+async def test_probe_accepts_a_valid_key(scripted_server: ScriptedServer, sinks: Started) -> None:
     scripted_server.answer_next(Answer(status=200, body=b'{"valid": true}'))
-    result = await sinks(agentless(scripted_server)).probe()
+    sink = await sinks(agentless(scripted_server))
+    result = await sink.probe()
 
     assert result.ok, result.message
     assert result.message.startswith("Datadog: API key valid for site datadoghq.eu")
@@ -618,49 +635,74 @@ async def test_probe_accepts_a_valid_key(
 
 
 async def test_probe_reports_a_rejected_key(
-    scripted_server: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    scripted_server: ScriptedServer, sinks: Started
 ) -> None:
     scripted_server.answer_next(json_error(403, "Forbidden"))
-    result = await sinks(agentless(scripted_server)).probe()
+    sink = await sinks(agentless(scripted_server))
+    result = await sink.probe()
 
     assert not result.ok
     assert result.message == "Datadog: API key rejected for site datadoghq.eu"
 
 
+async def test_probe_says_what_a_send_would_of_other_answers(
+    scripted_server: ScriptedServer, sinks: Started
+) -> None:
+    scripted_server.answer_next(Answer(status=404, body=b"404 page not found"))
+    sink = await sinks(agentless(scripted_server))
+    result = await sink.probe()
+    assert not result.ok
+    host = scripted_server.url.removeprefix("http://")
+    assert result.message == (
+        f"Datadog: {host} answered 404 to the key check: 404 page not found; "
+        "check RELAY_DATADOG_URL and DD_SITE"
+    )
+
+    scripted_server.answer_next(Answer(status=404))
+    agent = await sinks(make_config(RELAY_DATADOG_MODE="agent", DD_AGENT_URL=scripted_server.url))
+    result = await agent.probe()
+    assert result.message == (
+        f"Datadog: agent at {scripted_server.url} answered 404 to /info; "
+        "the agent has no EVP proxy for LLM Observability (check DD_AGENT_URL)"
+    )
+
+
 async def test_probe_reports_an_unreachable_host(
-    sinks: Callable[[DatadogSinkConfig], DatadogSink],
+    sinks: Started,
 ) -> None:
     port = free_port()
-    result = await sinks(make_config(RELAY_DATADOG_URL=f"http://127.0.0.1:{port}")).probe()
+    sink = await sinks(make_config(RELAY_DATADOG_URL=f"http://127.0.0.1:{port}"))
+    result = await sink.probe()
 
     assert not result.ok
     assert result.message.startswith(f"Datadog: cannot reach 127.0.0.1:{port}: ")
     assert "Connection refused" in result.message
 
 
-async def test_agent_probe_finds_the_evp_proxy(
-    test_agent: TestAgent, sinks: Callable[[DatadogSinkConfig], DatadogSink]
-) -> None:
+async def test_agent_probe_finds_the_evp_proxy(test_agent: TestAgent, sinks: Started) -> None:
     config = make_config(RELAY_DATADOG_MODE="agent", DD_AGENT_URL=test_agent.apm_url)
-    result = await sinks(config).probe()
+    sink = await sinks(config)
+    result = await sink.probe()
     assert result.ok, result.message
     assert result.message.startswith(f"Datadog: agent at {test_agent.apm_url} reachable")
 
 
 async def test_agent_probe_without_evp_proxy_or_agent(
-    scripted_server: ScriptedServer, sinks: Callable[[DatadogSinkConfig], DatadogSink]
+    scripted_server: ScriptedServer, sinks: Started
 ) -> None:
     scripted_server.answer_next(
         Answer(status=200, body=b'{"version": "7.30.0", "endpoints": ["/v0.4/traces"]}')
     )
     config = make_config(RELAY_DATADOG_MODE="agent", DD_AGENT_URL=scripted_server.url)
-    result = await sinks(config).probe()
+    sink = await sinks(config)
+    result = await sink.probe()
     assert not result.ok and "does not list /evp_proxy/v2/" in result.message
     assert scripted_server.requests[0].path == "/info"
 
     port = free_port()
     gone = make_config(RELAY_DATADOG_MODE="agent", DD_AGENT_URL=f"http://127.0.0.1:{port}")
-    result = await sinks(gone).probe()
+    sink = await sinks(gone)
+    result = await sink.probe()
     assert not result.ok and result.message.startswith(f"Datadog: cannot reach 127.0.0.1:{port}: ")
 
 
@@ -740,11 +782,77 @@ def test_custom_url_allows_an_unlisted_site() -> None:
 
 
 def test_spec_tells_the_dispatcher_the_intake_limits() -> None:
-    assert SPEC.name == "datadog" and SPEC.build is DatadogSink
+    assert SPEC.name == "datadog" and isinstance(SPEC.build(make_config()), DatadogSink)
     assert SPEC.defaults.max_event_age == 23 * 3600  # the intake takes spans up to 24 h old
     assert SPEC.defaults.batch_max_bytes < make_config().max_payload_bytes
     env = EnvReader({"DD_API_KEY": API_KEY, "DD_LLMOBS_ML_APP": ML_APP})
-    assert isinstance(SPEC.read_config(env, None), DatadogSinkConfig)  # type: ignore[arg-type]
+    config = SPEC.read_config(env, Path("data"), SPEC.dispatch_settings(env))
+    assert isinstance(config, DatadogSinkConfig)
+
+
+def test_the_timeout_is_the_dispatchers_read_once() -> None:
+    env = EnvReader(
+        {"DD_API_KEY": API_KEY, "DD_LLMOBS_ML_APP": ML_APP, "RELAY_DATADOG_TIMEOUT": "x"}
+    )
+    dispatch = SPEC.dispatch_settings(env)
+    config = SPEC.read_config(env, Path("data"), dispatch)
+    assert isinstance(config, DatadogSinkConfig) and config.timeout == dispatch.timeout == 10.0
+    assert env.problems == ["RELAY_DATADOG_TIMEOUT: expected a number, got 'x'"]  # once
+
+
+# --- OTLP mode ----------------------------------------------------------------------------------
+
+
+def test_otlp_mode_takes_the_sites_otlp_intake() -> None:
+    config = make_config(RELAY_DATADOG_MODE="otlp", DD_SITE="datadoghq.eu")
+    otlp = config.otlp()
+    assert otlp.endpoint == "https://trace.agent.datadoghq.eu/v1/traces"
+    assert config.endpoints() == {"DD_SITE": otlp.endpoint}
+    assert otlp.headers == {"dd-otlp-source": "llmobs", "dd-api-key": API_KEY}
+    assert otlp.resource == {"service.name": ML_APP, "dd_llmobs_enabled": True}
+    assert (otlp.name, otlp.title) == ("datadog", "Datadog")
+    assert API_KEY not in repr(config.describe())
+    assert isinstance(SPEC.build(config), OtlpSink)
+    _, problems = read_config({"RELAY_DATADOG_MODE": "otlp", "DD_LLMOBS_ML_APP": ML_APP})
+    assert [p.split(":")[0] for p in problems] == ["DD_API_KEY"]  # the intake needs the key
+    assert make_config().endpoints() == {}  # the span API is never the relay itself
+
+
+async def test_otlp_mode_against_the_test_agents_otlp_receiver(test_agent: TestAgent) -> None:
+    token = test_agent.new_session()
+    config = make_config(
+        RELAY_DATADOG_MODE="otlp",
+        RELAY_DATADOG_URL=test_agent.otlp_url,
+        RELAY_DATADOG_HEADERS=f"X-Datadog-Test-Session-Token={token}",
+    )
+    sink = SPEC.build(config)
+    assert sink.name == "datadog"
+    await sink.start()
+    try:
+        assert await sink.send(Batch.of([openrouter_chat(recent())])) is None
+        probe = await sink.probe()
+    finally:
+        await sink.close()
+    assert probe.ok, probe.message
+    assert probe.message == f"Datadog: accepted an empty export at {test_agent.otlp_url}/v1/traces"
+
+    def posted() -> list[dict[str, Any]]:
+        return [r for r in test_agent.requests(token, otlp=True) if r["body"]]
+
+    (request,) = await eventually(posted, message="the OTLP request at the agent")
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert request["url"].endswith("/v1/traces")
+    assert (headers["dd-api-key"], headers["dd-otlp-source"]) == (API_KEY, "llmobs")
+    assert headers["content-type"] == "application/x-protobuf"
+    (payload,) = [p for p in test_agent.otlp_traces(token) if p.get("resource_spans")]
+    (resource_spans,) = payload["resource_spans"]
+    resource = {a["key"]: a["value"] for a in resource_spans["resource"]["attributes"]}
+    assert resource["service.name"] == {"string_value": ML_APP}  # Datadog's ml_app
+    assert resource["dd_llmobs_enabled"] == {"bool_value": True}
+    (span,) = resource_spans["scope_spans"][0]["spans"]
+    attributes = {a["key"]: a["value"] for a in span["attributes"]}
+    assert attributes["gen_ai.request.model"] == {"string_value": "openai/gpt-4o-mini"}
+    assert attributes["gen_ai.route.gateway"] == {"string_value": "openrouter"}
 
 
 # --- the scripted intake is itself strict -----------------------------------------------------

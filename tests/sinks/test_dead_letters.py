@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sinks.dead_letters import DeadLetters
+from sinks.dead_letters import DeadLetters, replay_records
 from tests.helpers.payloads import stored_event as event
 from tests.helpers.tmpfs import fill_up, small_tmpfs
 
@@ -95,3 +95,23 @@ async def test_torn_line_left_by_a_crash_is_cut_before_appending(tmp_path: Path)
     finally:
         dead_letters.close()
     assert [record["event"] for record in read_records(path)] == [event(1), event(2)]
+
+
+async def test_what_is_written_reads_back_for_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one reader of the format takes back every event written, with the sink that refused
+    it, skips the undecodable rows with a word on stderr, and reads file-sink lines as events."""
+    dead_letters = DeadLetters(tmp_path / "dead-letter")
+    try:
+        await dead_letters.write("datadog", [event(1), event(2)], "rejected", "HTTP 400")
+        await dead_letters.write_undecodable("datadog", [b"\xff"], "undecodable", "not JSON")
+        await dead_letters.write("datadog", [event(3)], "too_old", "older than 23 h")
+    finally:
+        dead_letters.close()
+    records = list(replay_records(dead_letters.path("datadog")))
+    assert records == [("datadog", event(1)), ("datadog", event(2)), ("datadog", event(3))]
+    assert "line 3" in capsys.readouterr().err
+    file_sink = tmp_path / "llm-events.jsonl"
+    file_sink.write_bytes(orjson.dumps(event(4)) + b"\n" + orjson.dumps(event(5)) + b"\n")
+    assert list(replay_records(file_sink)) == [(None, event(4)), (None, event(5))]

@@ -6,15 +6,13 @@ The sink is the real file sink, with a fault injected in front of it where a tes
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar
 
 import orjson
 import pytest
 
-from schemas import LLMEvent
-from sinks.base import DispatchSettings, ProbeResult, SendResult
+from sinks.base import Batch, DispatchSettings, ProbeResult, SendResult
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.file import FileSink, FileSinkConfig
@@ -28,7 +26,7 @@ SETTINGS = DispatchSettings(batch_size=8, flush_interval=0.01, initial_backoff=0
 class BuggyOnPoison:
     """The file sink behind a bug that fails (not a ``SinkError``) on any batch with a poison."""
 
-    name: ClassVar[str] = "file"
+    name = "file"
 
     def __init__(self, inner: FileSink) -> None:
         self.inner = inner
@@ -36,10 +34,10 @@ class BuggyOnPoison:
     async def start(self) -> None:
         await self.inner.start()
 
-    async def send(self, events: Sequence[LLMEvent]) -> SendResult | None:
-        if any(event.get("request_model") == "poison" for event in events):
+    async def send(self, batch: Batch) -> SendResult | None:
+        if any(event.get("request_model") == "poison" for event in batch):
             raise KeyError("a bug meeting an odd event")
-        return await self.inner.send(events)
+        return await self.inner.send(batch)
 
     async def probe(self) -> ProbeResult:
         return await self.inner.probe()

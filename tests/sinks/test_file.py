@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from foundation.settings import EnvReader
-from sinks.base import RetryableError
+from sinks.base import Batch, RetryableError
 from sinks.file import FileSink, FileSinkConfig
 from tests.helpers.payloads import stored_event as event
 from tests.helpers.tmpfs import fill_up, small_tmpfs
@@ -24,8 +24,8 @@ def read_lines(command: list[str], path: Path) -> list[dict[str, object]]:
 async def test_one_event_per_line(tmp_path: Path) -> None:
     sink = FileSink(FileSinkConfig(path=tmp_path / "out" / "events.jsonl"))
     await sink.start()
-    await sink.send([event(1), event(2)])
-    await sink.send([event(3)])
+    await sink.send(Batch.of([event(1), event(2)]))
+    await sink.send(Batch.of([event(3)]))
     await sink.close()
     lines = (tmp_path / "out" / "events.jsonl").read_bytes().split(b"\n")
     assert lines[-1] == b""
@@ -53,7 +53,7 @@ async def test_rotation_compresses_and_keeps_max_backups(
     sink = FileSink(config)
     await sink.start()
     for batch in range(12):
-        await sink.send([event(batch * 10 + i, padding=400) for i in range(10)])
+        await sink.send(Batch.of([event(batch * 10 + i, padding=400) for i in range(10)]))
     await sink.close()
     rotated = sink.rotated_files()
     assert len(rotated) == 3
@@ -88,7 +88,7 @@ async def test_writes_happen_off_the_event_loop(tmp_path: Path) -> None:
 
     ticker = asyncio.create_task(tick())
     for batch in range(5):
-        await sink.send([event(batch * 500 + i, padding=1000) for i in range(500)])
+        await sink.send(Batch.of([event(batch * 500 + i, padding=1000) for i in range(500)]))
     ticker.cancel()
     await sink.close()
     # The loop kept running while batches were written and rotated files compressed.
@@ -99,8 +99,9 @@ async def test_unwritable_directory_is_retryable_and_probe_says_why(tmp_path: Pa
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the directory should be")
     sink = FileSink(FileSinkConfig(path=blocker / "events.jsonl"))
+    await sink.start()
     with pytest.raises(RetryableError, match="cannot write"):
-        await sink.send([event(1)])
+        await sink.send(Batch.of([event(1)]))
     result = await sink.probe()
     assert not result.ok
     assert str(blocker) in result.message
@@ -122,27 +123,39 @@ async def test_lifecycle_close_twice_and_without_start(tmp_path: Path) -> None:
     await never_started.close()
     sink = FileSink(FileSinkConfig(path=tmp_path / "b.jsonl"))
     await sink.start()
-    await sink.send([event(1)])
+    await sink.send(Batch.of([event(1)]))
     await sink.close()
     await sink.close()
     assert (tmp_path / "b.jsonl").read_bytes().count(b"\n") == 1
+
+
+async def test_a_send_before_start_or_after_close_is_a_bug_naming_the_sink(tmp_path: Path) -> None:
+    sink = FileSink(FileSinkConfig(path=tmp_path / "c.jsonl"))
+    with pytest.raises(RuntimeError, match="the file sink was sent a batch before start"):
+        await sink.send(Batch.of([event(1)]))
+    await sink.start()
+    await sink.close()
+    with pytest.raises(RuntimeError, match="file sink"):
+        await sink.send(Batch.of([event(1)]))
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 async def test_full_disk_leaves_no_torn_line_and_the_retry_lands_once(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "disk") as disk:
         path = disk / "events.jsonl"
         sink = FileSink(FileSinkConfig(path=path, compress="none"))
+        await sink.start()
         try:
-            await sink.send([event(0)])
+            await sink.send(Batch.of([event(0)]))
             before = path.read_bytes()
             ballast = fill_up(disk)
             # More than the room left in the file's last page: the disk takes part, then refuses.
             batch = [event(i, padding=400) for i in range(1, 51)]
             with pytest.raises(RetryableError, match="No space left"):
-                await sink.send(batch)
+                await sink.send(Batch.of(batch))
             assert path.read_bytes() == before
             ballast.unlink()
-            await sink.send(batch)
+            await sink.send(Batch.of(batch))
         finally:
             await sink.close()
         ids = [orjson.loads(line)["event_id"] for line in path.read_bytes().splitlines()]
@@ -154,7 +167,8 @@ async def test_torn_line_left_by_a_crash_is_cut_before_appending(tmp_path: Path)
     whole = orjson.dumps(event(1)) + b"\n"
     path.write_bytes(whole + orjson.dumps(event(2))[:40])
     sink = FileSink(FileSinkConfig(path=path))
-    await sink.send([event(2), event(3)])
+    await sink.start()
+    await sink.send(Batch.of([event(2), event(3)]))
     await sink.close()
     ids = [orjson.loads(line)["event_id"] for line in path.read_bytes().splitlines()]
     assert ids == ["e000001", "e000002", "e000003"]
@@ -186,16 +200,17 @@ async def test_rotation_on_a_full_disk_keeps_the_backup_uncompressed(tmp_path: P
     with small_tmpfs(tmp_path / "disk", 1 << 20) as disk:
         path = disk / "events.jsonl"
         sink = FileSink(FileSinkConfig(path=path, max_bytes=64 * 1024, compress="gzip"))
+        await sink.start()
         first = [event(i, padding=1000) for i in range(60)]  # about 70 KiB: one rotation due
         try:
-            await sink.send(first)
+            await sink.send(Batch.of(first))
             ballast = fill_up(disk)
             later = [event(100)]
             with pytest.raises(RetryableError):  # rotated, not compressed, then no room to write
-                await sink.send(later)
+                await sink.send(Batch.of(later))
             assert not list(disk.glob("*.partial")), "a partial copy kept taking space"
             ballast.unlink()
-            await sink.send(later)
+            await sink.send(Batch.of(later))
         finally:
             await sink.close()
         (backup,) = sink.rotated_files()

@@ -12,11 +12,12 @@ busy second share it); any other shape the schema allows goes through the genera
 from __future__ import annotations
 
 import calendar
-import functools
 import re
 import time
 from datetime import datetime
 from typing import Final
+
+from foundation.memo import remember
 
 
 def rfc3339_ns(unix_ns: int) -> str:
@@ -25,7 +26,7 @@ def rfc3339_ns(unix_ns: int) -> str:
     return f"{_utc_seconds(seconds)}.{str(nanos).zfill(9)}Z"  # zfill: faster than :09d
 
 
-@functools.lru_cache(maxsize=1024)
+@remember(1024)
 def _utc_seconds(seconds: int) -> str:
     # The events of one busy second share it: formatted once, not per event.
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
@@ -55,7 +56,7 @@ def unix_ns(text: str | None) -> int:
     return _parse(text)
 
 
-@functools.lru_cache(maxsize=1024)
+@remember(1024)
 def _epoch_seconds(head: str) -> int | None:
     """``YYYY-MM-DDTHH:MM:SS`` as seconds since the epoch; None leaves it to ``_parse``."""
     if _SECONDS.fullmatch(head) is None:

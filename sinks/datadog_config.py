@@ -63,20 +63,27 @@ def site_problem(site: str, *, custom_url: bool) -> str | None:
     return None
 
 
+# Defaults, used by the dataclass and the loader alike.
+DEFAULT_SITE: Final = "datadoghq.com"
+DEFAULT_AGENT_URL: Final = "http://localhost:8126"
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 4_000_000  # the intake's 5 MB limit, with room to spare
+DEFAULT_MAX_SPAN_BYTES: Final = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class DatadogSinkConfig:
     ml_app: str
     mode: Mode | Literal["otlp"] = "agentless"
     api_key: str | None = None
-    site: str = "datadoghq.com"
-    base_url: str = "https://api.datadoghq.com"
+    site: str = DEFAULT_SITE
+    base_url: str = f"https://api.{DEFAULT_SITE}"
     headers: Mapping[str, str] = field(default_factory=dict)
     env: str | None = None
     service: str | None = None
     version: str | None = None
     tags: tuple[str, ...] = ()
-    max_payload_bytes: int = 4_000_000
-    max_span_bytes: int = 1_000_000
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES
     timeout: float = DEFAULTS.timeout
     custom_url: bool = False  # RELAY_DATADOG_URL replaced the site's own URL
 
@@ -86,7 +93,7 @@ class DatadogSinkConfig:
     ) -> DatadogSinkConfig:
         mode = env.choice("RELAY_DATADOG_MODE", "agentless", ("agentless", "agent", "otlp"))
         custom_url = env.url("RELAY_DATADOG_URL")
-        site = (env.text("DD_SITE") or "datadoghq.com").lower()
+        site = (env.text("DD_SITE") or DEFAULT_SITE).lower()
         if problem := site_problem(site, custom_url=custom_url is not None):
             env.problem("DD_SITE", problem)
         api_key = env.text("DD_API_KEY")
@@ -103,9 +110,7 @@ class DatadogSinkConfig:
             )
         elif problem := ml_app_problem(ml_app):
             env.problem("DD_LLMOBS_ML_APP", problem)
-        agent_url = (
-            env.url("DD_AGENT_URL") or env.url("DD_TRACE_AGENT_URL") or "http://localhost:8126"
-        )
+        agent_url = env.url("DD_AGENT_URL") or env.url("DD_TRACE_AGENT_URL") or DEFAULT_AGENT_URL
         site_url = {"agent": agent_url, "otlp": datadog_otlp.default_base_url(site)}
         base_url = custom_url or site_url.get(mode, f"https://api.{site}")
         return cls(
@@ -120,10 +125,13 @@ class DatadogSinkConfig:
             version=env.text("DD_VERSION"),
             tags=tuple(t for t in re.split(r"[,\s]+", env.text("DD_TAGS") or "") if t),
             max_payload_bytes=env.integer(
-                "RELAY_DATADOG_MAX_PAYLOAD_BYTES", 4_000_000, 64 * 1024, 64 * 1024 * 1024
+                "RELAY_DATADOG_MAX_PAYLOAD_BYTES",
+                DEFAULT_MAX_PAYLOAD_BYTES,
+                64 * 1024,
+                64 * 1024 * 1024,
             ),
             max_span_bytes=env.integer(
-                "RELAY_DATADOG_MAX_SPAN_BYTES", 1_000_000, 8 * 1024, 64 * 1024 * 1024
+                "RELAY_DATADOG_MAX_SPAN_BYTES", DEFAULT_MAX_SPAN_BYTES, 8 * 1024, 64 * 1024 * 1024
             ),
             timeout=dispatch.timeout,  # the dispatcher's deadline, read once by it
             custom_url=custom_url is not None,

@@ -23,7 +23,6 @@ from typing import Any, Final, Literal, TypeGuard
 
 import orjson
 
-from foundation.memo import remember_short
 from foundation.times import unix_ns
 from foundation.version import __version__
 from schemas import LLMEvent
@@ -448,8 +447,6 @@ def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool 
     return json_text(value)[:VALUE_MAX_CHARS]
 
 
-# Remembered: a failed int() costs an exception, and parameter values repeat ("0.2").
-@remember_short(maxsize=1024)
 def _numeric_text(value: str) -> str | float | bool | None:
     """A request parameter sent as text: the number it spells, else the text itself."""
     for number_type in (int, float):

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast, get_args
 
 import structlog
 import zstandard
@@ -44,12 +44,19 @@ _SUFFIX: Final[dict[str, str]] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 MIN_FREE_BYTES: Final = 64 * 1024 * 1024
 
 
+# Defaults, used by the dataclass and the loader alike.
+DEFAULT_MAX_MB: Final = 100
+DEFAULT_MAX_BACKUPS: Final = 10
+DEFAULT_COMPRESS: Final[Compression] = "gzip"
+MIB: Final = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class FileSinkConfig:
     path: Path
-    max_bytes: int = 100 * 1024 * 1024
-    max_backups: int = 10
-    compress: Compression = "gzip"
+    max_bytes: int = DEFAULT_MAX_MB * MIB
+    max_backups: int = DEFAULT_MAX_BACKUPS
+    compress: Compression = DEFAULT_COMPRESS
     fsync: bool = True
 
     @classmethod
@@ -57,12 +64,12 @@ class FileSinkConfig:
         cls, env: EnvReader, data_dir: Path, dispatch: DispatchSettings | None = None
     ) -> FileSinkConfig:
         path = Path(env.text("RELAY_FILE_PATH") or data_dir / "llm-events.jsonl")
-        compress = env.choice("RELAY_FILE_COMPRESS", "gzip", ("none", "gzip", "zstd"))
+        compress = env.choice("RELAY_FILE_COMPRESS", DEFAULT_COMPRESS, get_args(Compression))
         return cls(
             path=path,
-            max_bytes=env.integer("RELAY_FILE_MAX_MB", 100, 1, 1 << 20) * 1024 * 1024,
-            max_backups=env.integer("RELAY_FILE_MAX_BACKUPS", 10, 0, 100_000),
-            compress=compress,  # type: ignore[arg-type]
+            max_bytes=env.integer("RELAY_FILE_MAX_MB", DEFAULT_MAX_MB, 1, 1 << 20) * MIB,
+            max_backups=env.integer("RELAY_FILE_MAX_BACKUPS", DEFAULT_MAX_BACKUPS, 0, 100_000),
+            compress=cast(Compression, compress),
         )
 
     def for_worker(self, worker: int) -> FileSinkConfig:
@@ -77,7 +84,7 @@ class FileSinkConfig:
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "max_mb": self.max_bytes // (1024 * 1024),
+            "max_mb": self.max_bytes // MIB,
             "max_backups": self.max_backups,
             "compress": self.compress,
         }

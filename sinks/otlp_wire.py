@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import orjson
 
+from foundation.memo import Memo
+
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 _INT64_MIN: Final = -(1 << 63)
@@ -96,13 +98,12 @@ class AttributeEncoder:
     the memory is emptied when it reaches ``limit`` entries, so that unique values cannot grow it.
     """
 
-    __slots__ = ("_known", "_limit", "_tag", "_unique")
+    __slots__ = ("_known", "_tag", "_unique")
 
     def __init__(self, tag: bytes, unique: frozenset[str] = frozenset(), limit: int = 8192) -> None:
         self._tag = tag
         self._unique = unique  # keys whose values never repeat: not worth remembering
-        self._known: dict[tuple[str, type, Any], bytes] = {}
-        self._limit = limit
+        self._known: Memo[tuple[str, type, Any], bytes] = Memo(limit)
 
     def __len__(self) -> int:
         """How many encodings are remembered."""
@@ -110,7 +111,7 @@ class AttributeEncoder:
 
     def encode(self, attributes: Mapping[str, Any]) -> bytes:
         """Every attribute whose value is not ``None``, as repeated ``KeyValue`` fields."""
-        known = self._known
+        lookup, remember = self._known.get, self._known.put
         out = []
         for key, value in attributes.items():
             if value is None:
@@ -127,14 +128,12 @@ class AttributeEncoder:
                 memo: tuple[str, type, Any] | None = (key, kind, value)
             else:
                 memo = None
-            encoded = known.get(memo) if memo is not None else None
+            encoded = lookup(memo) if memo is not None else None
             if encoded is None:
                 pair = field(_KV_KEY, key.encode()) + field(_KV_VALUE, any_value(value))
                 encoded = field(self._tag, pair)
                 if memo is not None:
-                    if len(known) >= self._limit:
-                        known.clear()
-                    known[memo] = encoded
+                    remember(memo, encoded)
             out.append(encoded)
         return b"".join(out)
 

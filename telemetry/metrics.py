@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
@@ -24,26 +23,6 @@ _LLM_LABELS = ("gateway", "provider", "upstream", "model")
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-_Metric = TypeVar("_Metric", Counter, Histogram)
-
-
-class _Children(Generic[_Metric]):
-    """``metric.labels(*key)``, remembered: ``labels()`` validates its arguments and takes a lock
-    on every call, several times the cost of the increment itself. prometheus_client keeps every
-    child for the process's life anyway, so remembering them here costs no extra memory."""
-
-    __slots__ = ("_known", "_metric")
-
-    def __init__(self, metric: _Metric) -> None:
-        self._metric: _Metric = metric
-        self._known: dict[tuple[str, ...], _Metric] = {}
-
-    def __getitem__(self, key: tuple[str, ...]) -> _Metric:
-        child = self._known.get(key)
-        if child is None:
-            child = self._known[key] = self._metric.labels(*key)
-        return child
 
 
 def share_between_workers(directory: Path) -> None:
@@ -207,17 +186,9 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
-        self._http = _Children(self.http_requests)
-        self._received = _Children(self.events_received)
-        self._requests = _Children(self.llm_requests)
-        self._errors = _Children(self.llm_errors)
-        self._tokens = _Children(self.llm_tokens)
-        self._cost = _Children(self.llm_cost)
-        self._duration = _Children(self.llm_duration)
-        self._ttft = _Children(self.llm_ttft)
 
     def count_http(self, route: str, status: int) -> None:
-        self._http[route, str(status)].inc()
+        self.http_requests.labels(route, str(status)).inc()
 
     def observe_events(self, events: list[LLMEvent]) -> None:
         """Count accepted events, by pipeline and LLM dimensions.
@@ -226,10 +197,10 @@ class Metrics:
         a ``labels()`` lookup costs more than the addition.
         """
         # Plain dicts: building a Counter costs more than a one-event request's additions.
-        received: dict[tuple[str, ...], int] = {}
-        requests: dict[tuple[str, ...], int] = {}
-        errors: dict[tuple[str, ...], int] = {}
-        tokens: dict[tuple[str, ...], int] = {}
+        received: dict[tuple[str, ...], float] = {}
+        requests: dict[tuple[str, ...], float] = {}
+        errors: dict[tuple[str, ...], float] = {}
+        tokens: dict[tuple[str, ...], float] = {}
         cost: dict[tuple[str, ...], float] = {}
         durations: dict[tuple[str, ...], list[float]] = {}
         ttfts: dict[tuple[str, ...], list[float]] = {}
@@ -266,18 +237,19 @@ class Metrics:
             ttft = event.get("ttft_ms")
             if ttft is not None:
                 ttfts.setdefault(labels, []).append(ttft / 1000)
-        for children, sums in (
-            (self._received, received),
-            (self._requests, requests),
-            (self._errors, errors),
-            (self._tokens, tokens),
-            (self._cost, cost),
-        ):
+        counters = (
+            (self.events_received, received),
+            (self.llm_requests, requests),
+            (self.llm_errors, errors),
+            (self.llm_tokens, tokens),
+            (self.llm_cost, cost),
+        )
+        for counter, sums in counters:
             for key, amount in sums.items():
-                children[key].inc(amount)
-        for histograms, samples in ((self._duration, durations), (self._ttft, ttfts)):
+                counter.labels(*key).inc(amount)
+        for histogram, samples in ((self.llm_duration, durations), (self.llm_ttft, ttfts)):
             for key, seconds in samples.items():
-                child = histograms[key]
+                child = histogram.labels(*key)
                 for value in seconds:
                     child.observe(value)
 

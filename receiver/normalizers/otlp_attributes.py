@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from foundation.memo import remember_short
+from foundation.memo import Memo, remember_short
 from receiver.normalizers.common import as_float, as_int, as_str_list
 
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.system", "llm.provider", "llm.vendor")
@@ -198,8 +198,7 @@ class SpanNames:
 
 # Names seen lately. Entries are bounded in count and size: a sender inventing names for every
 # span only gets uncached lookups.
-_NAMES_SEEN: dict[tuple[str, ...], SpanNames] = {}
-_NAMES_SEEN_MAX: Final = 256
+_NAMES_SEEN: Final[Memo[tuple[str, ...], SpanNames]] = Memo(256)
 _NAMES_SEEN_MAX_NAMES: Final = 128  # names per entry
 _NAMES_SEEN_MAX_CHARS: Final = 8192  # characters of all names per entry
 
@@ -211,9 +210,7 @@ def _names_of(attributes: dict[str, Any]) -> SpanNames:
         return known
     known = SpanNames.of(names)
     if len(names) <= _NAMES_SEEN_MAX_NAMES and sum(map(len, names)) <= _NAMES_SEEN_MAX_CHARS:
-        if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
-            _NAMES_SEEN.clear()
-        _NAMES_SEEN[names] = known
+        _NAMES_SEEN.put(names, known)
     return known
 
 
@@ -284,14 +281,5 @@ def _tokenized(text: str) -> str | None:
 
 
 def as_finish_reasons(value: Any) -> list[str] | None:
-    """``as_str_list``, each call with its own list: events must not share one."""
-    reasons = _finish_reasons_once(value)
-    return None if reasons is None else list(reasons)
-
-
-@remember_short(maxsize=1024)
-def _finish_reasons_once(value: Any) -> tuple[str, ...] | None:
-    # Senders repeat a few spellings ('["stop"]', "stop") and decoding them is one of the
-    # dearest takes: converted once each.
-    reasons = as_str_list(value)
-    return None if reasons is None else tuple(reasons)
+    """Finish reasons as a list of strings, whether sent as an array or as JSON text."""
+    return as_str_list(value)

@@ -13,14 +13,13 @@ string of the finished event is swept for those exact values (a provider error m
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, cast
 
 import orjson
 
-from foundation.memo import remember_short
+from foundation.memo import Memo
 from foundation.secrets import mask_known, redact_text
 from foundation.times import rfc3339_ns
 from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
@@ -423,7 +422,7 @@ def _attributes(
             ("otoroshi.provider_kind", item.get("provider_kind")),
             ("otoroshi.provider.id", item.get("provider") or details.get("id")),
             ("otoroshi.provider.name", details.get("name")),
-            ("server.address", _url_host(as_dict(details.get("connection")).get("base_url"))),
+            ("server.address", url_host(as_dict(details.get("connection")).get("base_url"))),
             ("otoroshi.route.id", route.get("id")),
             ("otoroshi.route.name", route.get("name")),
             ("otoroshi.route.domains", as_dict(route.get("frontend")).get("domains")),
@@ -468,20 +467,23 @@ def _flatten_present(attributes: dict[str, Any], fields: Iterable[tuple[str, Any
             flatten_into(attributes, key, value)
 
 
-@functools.lru_cache(maxsize=4096)
 def _flattened_text(key: str, value: str) -> Mapping[str, Any]:
-    """The attributes ``flatten_into`` adds for one string: a function of key and value only.
-
-    Shared by every event that has this string, hence read-only (a dict, as ``update`` copies a
-    dict fastest).
-    """
-    added: dict[str, Any] = {}
-    flatten_into(added, key, value)
+    """The attributes ``flatten_into`` adds for one string: a function of key and value only,
+    remembered. Shared by every event that has this string, hence read-only (a dict, as
+    ``update`` copies a dict fastest)."""
+    added = _FLATTENED.get((key, value))
+    if added is None:
+        added = {}
+        flatten_into(added, key, value)
+        _FLATTENED.put((key, value), added)
     return added
 
 
+_FLATTENED: Final[Memo[tuple[str, str], dict[str, Any]]] = Memo(4096)
 # Otoroshi's enrichment keys and their attribute names, per key layout (see _enrichment_keys).
-_enrichment_by_layout: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_ENRICHMENT_BY_LAYOUT: Final[Memo[tuple[str, ...], tuple[tuple[str, str], ...]]] = Memo(
+    _MAX_LAYOUTS
+)
 
 
 def _enrichment_keys(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -493,7 +495,7 @@ def _enrichment_keys(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     keys as long as the body limit allows).
     """
     layout = tuple(item)
-    keys = _enrichment_by_layout.get(layout)
+    keys = _ENRICHMENT_BY_LAYOUT.get(layout)
     if keys is None:
         keys = tuple(
             (name, "otoroshi." + name.replace("-", "."))
@@ -501,14 +503,8 @@ def _enrichment_keys(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
             if name.startswith(_ENRICHMENT_PREFIXES)
         )
         if sum(map(len, layout)) <= _MAX_LAYOUT_CHARS:
-            if len(_enrichment_by_layout) >= _MAX_LAYOUTS:
-                _enrichment_by_layout.clear()
-            _enrichment_by_layout[layout] = keys
+            _ENRICHMENT_BY_LAYOUT.put(layout, keys)
     return keys
-
-
-# A provider's base URL is one of a handful.
-_url_host = remember_short(maxsize=1024, max_chars=_MAX_REMEMBERED)(url_host)
 
 
 def _secret_values(

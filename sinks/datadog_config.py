@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from foundation.settings import EnvReader, mask
 from sinks import datadog_otlp
 from sinks.base import DispatchSettings
-from sinks.datadog_format import Mode, SpanFormat, ml_app_problem
+from sinks.datadog_format import Mode, SpanFormat
 from sinks.http import Hints
 from sinks.otlp_config import OtlpSinkConfig
 
@@ -204,3 +204,31 @@ class DatadogSinkConfig:
             "max_span_bytes": self.max_span_bytes,
             "timeout": self.timeout,
         }
+
+
+ML_APP_MAX: Final = 193
+
+
+def ml_app_problem(name: str) -> str | None:
+    """Why ``name`` breaks Datadog's ml_app naming rules, or None."""
+    reasons = []
+    if len(name) > ML_APP_MAX:
+        reasons.append(f"{len(name)} characters, at most {ML_APP_MAX} allowed")
+    if name != name.lower():
+        reasons.append("upper-case letters")
+    bad = sorted({c for c in name if not (c.isalnum() or c in "_-:./")})
+    if bad:
+        reasons.append("characters " + " ".join(repr(c) for c in bad))
+    if "__" in name:
+        reasons.append("contiguous underscores")
+    if name.endswith("_"):
+        reasons.append("a trailing underscore")
+    if not reasons:
+        return None
+    suggestion = re.sub(r"_+", "_", re.sub(r"[^\w\-:./]|_", "_", name.lower()))
+    suggestion = suggestion[:ML_APP_MAX].rstrip("_") or "llm-app"
+    return (
+        f"{name!r} breaks Datadog's ml_app naming rules ({', '.join(reasons)}): use lower-case "
+        f"letters, digits and _ - : . / only, at most {ML_APP_MAX} characters, no '__' and no "
+        f"trailing '_', e.g. {suggestion!r}"
+    )

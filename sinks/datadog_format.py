@@ -15,8 +15,6 @@ a marker, so the event is delivered rather than lost.
 from __future__ import annotations
 
 import io
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeGuard
@@ -26,6 +24,8 @@ import orjson
 from foundation.times import unix_ns
 from foundation.version import __version__
 from schemas import LLMEvent
+from sinks.datadog_values import VALUE_MAX_CHARS, decimal_id, json_text
+from sinks.datadog_values import scalar as to_scalar
 
 Mode = Literal["agentless", "agent"]
 
@@ -36,9 +36,7 @@ TRUNCATED: Final = (
 )
 DROPPED: Final = "[dropped by llm-broadcast-relay: content over Datadog's span size limit]"
 TAG_MAX_CHARS: Final = 200  # Datadog cuts tags at 200 characters
-VALUE_MAX_CHARS: Final = 1024  # metadata strings: request parameters are short; cap the odd one
 ERROR_MAX_CHARS: Final = 8192
-ML_APP_MAX: Final = 193
 ENVELOPE_ALLOWANCE: Final = 4096  # room for the body's wrapper around the spans
 _TEXT_PARTS: Final = frozenset({"text", "reasoning", "tool_call_response"})
 _REQUEST_PREFIX: Final = "gen_ai.request."
@@ -186,7 +184,7 @@ def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
         for key, value in attributes.items():
             # ``in`` first: an operator, it rejects the many other attributes faster than a call
             if _REQUEST_PREFIX in key and key.startswith(_REQUEST_PREFIX) and key != _MODEL_KEY:
-                scalar = _scalar(value, numeric_strings=True)  # OpenRouter sends "0.2"
+                scalar = to_scalar(value, numeric_strings=True)  # OpenRouter sends "0.2"
                 if scalar is not None:
                     metadata[key[len(_REQUEST_PREFIX) :]] = scalar
     source: Mapping[str, Any] = event.get("source") or {}
@@ -214,11 +212,11 @@ def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
     for key, value in facts:
         if value is None:  # most events lack some of these
             continue
-        if type(value) is str:  # most facts are strings: _scalar's first case, inlined
+        if type(value) is str:  # most facts are strings: scalar()'s first case, inlined
             if value:
                 metadata[key] = value[:VALUE_MAX_CHARS]
             continue
-        scalar = _scalar(value)
+        scalar = to_scalar(value)
         if scalar is not None:
             metadata[key] = scalar
     return metadata
@@ -395,72 +393,3 @@ def fit(
             meta[key] = {"value": DROPPED}
     meta["metadata"]["content_truncated"] = True
     return encode(span), 1
-
-
-def ml_app_problem(name: str) -> str | None:
-    """Why ``name`` breaks Datadog's ml_app naming rules, or None."""
-    reasons = []
-    if len(name) > ML_APP_MAX:
-        reasons.append(f"{len(name)} characters, at most {ML_APP_MAX} allowed")
-    if name != name.lower():
-        reasons.append("upper-case letters")
-    bad = sorted({c for c in name if not (c.isalnum() or c in "_-:./")})
-    if bad:
-        reasons.append("characters " + " ".join(repr(c) for c in bad))
-    if "__" in name:
-        reasons.append("contiguous underscores")
-    if name.endswith("_"):
-        reasons.append("a trailing underscore")
-    if not reasons:
-        return None
-    suggestion = re.sub(r"_+", "_", re.sub(r"[^\w\-:./]|_", "_", name.lower()))
-    suggestion = suggestion[:ML_APP_MAX].rstrip("_") or "llm-app"
-    return (
-        f"{name!r} breaks Datadog's ml_app naming rules ({', '.join(reasons)}): use lower-case "
-        f"letters, digits and _ - : . / only, at most {ML_APP_MAX} characters, no '__' and no "
-        f"trailing '_', e.g. {suggestion!r}"
-    )
-
-
-def decimal_id(hex_id: str) -> str:
-    """A 64-bit OpenTelemetry span id (16 hex) as the decimal string ddtrace sends."""
-    try:
-        return str(int(hex_id, 16))
-    except ValueError:
-        return "0"
-
-
-def _scalar(value: Any, *, numeric_strings: bool = False) -> str | float | bool | None:
-    """A metadata value: a string, a finite number or a boolean (all the intake takes)."""
-    if isinstance(value, str):  # the usual case, first
-        if numeric_strings:
-            return _numeric_text(value)
-        return value[:VALUE_MAX_CHARS] if value else None
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**64 else str(value)  # JSON encoders stop at 64 bits
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list | tuple):
-        return ",".join(str(item) for item in value)[:VALUE_MAX_CHARS] or None
-    return json_text(value)[:VALUE_MAX_CHARS]
-
-
-def _numeric_text(value: str) -> str | float | bool | None:
-    """A request parameter sent as text: the number it spells, else the text itself."""
-    for number_type in (int, float):
-        try:
-            number = _scalar(number_type(value))
-        except ValueError:
-            continue
-        return value if number is None or isinstance(number, str) else number
-    return value[:VALUE_MAX_CHARS] if value else None
-
-
-def json_text(value: Any) -> str:
-    """Structured content shown as JSON text, whatever it holds."""
-    try:
-        return orjson.dumps(value, default=str).decode()
-    except TypeError:  # integers over 64 bits, non-string keys
-        return str(value)

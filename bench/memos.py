@@ -15,13 +15,14 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Final
 
 import orjson
 
 from bench.payloads import SCENARIOS, build
 from foundation import secrets, times
+from foundation.memo import Memo
 from foundation.times import now
 from receiver.normalizers import otlp, otlp_attributes, otoroshi
 from receiver.normalizers.base import IngestContext, Normalizer
@@ -104,13 +105,10 @@ def _no_secret_memo() -> Any:
 
 @contextmanager
 def _all(*managers: Any) -> Iterator[None]:
-    for manager in managers:
-        manager.__enter__()
-    try:
+    with ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
         yield
-    finally:
-        for manager in reversed(managers):
-            manager.__exit__(None, None, None)
 
 
 # Each memo, how to switch it off, and the scenarios whose events reach it.
@@ -125,7 +123,8 @@ MEMOS: Final[dict[str, tuple[Callable[[], Any], tuple[str, ...]]]] = {
     ),
     "secrets: key names": (_no_secret_memo, ("otlp-json", "otlp-proto", "otoroshi")),
     "otlp: attribute names per span": (
-        lambda: replaced(otlp_attributes, _NAMES_SEEN_MAX_NAMES=-1),
+        # An empty memo that takes nothing: the warm one must not answer while switched off.
+        lambda: replaced(otlp_attributes, _NAMES_SEEN=Memo(0), _NAMES_SEEN_MAX_NAMES=-1),
         ("otlp-json", "otlp-proto"),
     ),
     "otlp: provider tokens": (
@@ -144,7 +143,7 @@ MEMOS: Final[dict[str, tuple[Callable[[], Any], tuple[str, ...]]]] = {
         ("otoroshi",),
     ),
     "otoroshi: enrichment key layouts": (
-        lambda: replaced(otoroshi, _MAX_LAYOUT_CHARS=-1),
+        lambda: replaced(otoroshi, _ENRICHMENT_BY_LAYOUT=Memo(0), _MAX_LAYOUT_CHARS=-1),
         ("otoroshi",),
     ),
     "otlp_wire: attribute encodings": (

@@ -106,4 +106,23 @@ def _zstd(body: bytes, limit: int) -> bytes:
         raise BodyError(400, f"invalid zstd body: {error}") from None
     if len(data) > limit:
         raise too_large(limit, "after decompression")
+    if not _whole_zstd_frames(body):
+        raise BodyError(400, "truncated zstd body")
     return data
+
+
+def _whole_zstd_frames(body: bytes) -> bool:
+    """Whether every frame of ``body`` ends: the stream reader above returns what it could decode
+    of a cut frame without a word. Run only once the reader has shown that the whole body fits the
+    cap, so decoding it again here is bounded by the cap too."""
+    remaining = body
+    while remaining:
+        decoder = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            decoder.decompress(remaining)
+        except zstandard.ZstdError:
+            return False
+        if not decoder.eof:
+            return False
+        remaining = decoder.unused_data
+    return True

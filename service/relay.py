@@ -32,7 +32,7 @@ from service.setup_check import SinkCheck, check_sinks
 from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
-from sinks.outcomes import DeadLettered, DeliveryBook
+from sinks.outcomes import DeliveryBook
 from sinks.spool import Spool, SpoolFullError, decode_records
 from sinks.spool_files import SpoolLockedError, remove_spool_files
 from sinks.spool_open import SpoolProblem
@@ -172,16 +172,11 @@ class Relay:
 
     async def _dead_letter_owed(self, spool: Spool, sink: str) -> int:
         book = DeliveryBook(sink, self.metrics)
+        reason, why = "sink_removed", f"{sink} is no longer in RELAY_SINKS"
         count = 0
         while records := await spool.read(sink, _REMOVED_BATCH, 1 << 62):
             events, encoded, raw = decode_records(records)
-            reason, why = "sink_removed", f"{sink} is no longer in RELAY_SINKS"
-            path = str(self.dead_letters.path(sink))
-            await self.dead_letters.write(sink, Batch(events, encoded), reason, why)
-            book.book(DeadLettered(len(events), reason, why, path))
-            if raw:
-                await self.dead_letters.write_undecodable(sink, raw, "undecodable", why)
-                book.book(DeadLettered(len(raw), "undecodable", why, path))
+            await self.dead_letters.write_and_book(book, reason, why, Batch(events, encoded), raw)
             count += len(records)
             await spool.ack(sink, records[-1].seq)
         return count

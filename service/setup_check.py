@@ -79,6 +79,8 @@ async def _deliver(name: str, sink: Sink, event: LLMEvent) -> tuple[bool, str]:
         return False, f"test event not delivered: no answer within {PROBE_TIMEOUT:.0f}s"
     except SinkError as error:
         return False, f"test event not delivered: {error}"
+    except Exception as error:  # a sink's bug is a failed check, not a 500
+        return False, f"test event not delivered: {name} failed: {error!r}"
     return True, f"test event delivered (trace_id {event['trace_id']})"
 
 

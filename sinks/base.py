@@ -132,8 +132,8 @@ class Sink(Protocol):
 
     Its owner (the relay, or a CLI command) calls ``start`` once, then any number of ``send`` and
     ``probe``, then ``close``. A sink never starts itself: ``send`` on a sink that was not started
-    (or was closed) raises ``RuntimeError`` naming the sink, a bug in the caller, not a delivery
-    failure.
+    (or was closed) raises ``SinkNotStartedError`` naming the sink: a bug in the caller, not a
+    delivery failure, so the dispatcher keeps the batch in the spool rather than dead-lettering it.
     """
 
     # The name in RELAY_SINKS, the status page and metric labels; an instance attribute because
@@ -160,6 +160,11 @@ class Sink(Protocol):
         """Release resources; safe to call twice and without ``start``."""
 
 
-def not_started(name: str) -> RuntimeError:
-    """The error of a ``send`` before ``start`` (or after ``close``): the caller's bug."""
-    return RuntimeError(f"the {name} sink was sent a batch before start() (or after close())")
+class SinkNotStartedError(RuntimeError):
+    """A ``send`` before ``start`` (or after ``close``): the caller's bug, never the events'."""
+
+
+def not_started(name: str) -> SinkNotStartedError:
+    return SinkNotStartedError(
+        f"the {name} sink was sent a batch before start() (or after close())"
+    )

@@ -27,6 +27,7 @@ import orjson
 from foundation.times import rfc3339_ns
 from schemas import LLMEvent
 from sinks.line_file import LineFile, read_lines
+from sinks.outcomes import DeadLettered, DeliveryBook
 
 
 class DeadLetters:
@@ -36,6 +37,24 @@ class DeadLetters:
 
     def path(self, sink: str) -> Path:
         return self.directory / f"{sink}.jsonl"
+
+    async def write_and_book(
+        self,
+        book: DeliveryBook,
+        reason: str,
+        error: str,
+        events: Sequence[LLMEvent] = (),
+        undecodable: Sequence[bytes] = (),
+    ) -> None:
+        """Dead-letter a sink's events (and spool rows that hold none, under ``undecodable``),
+        then book each write once in the sink's status, metrics and log."""
+        path = str(self.path(book.sink))
+        if events:
+            await self.write(book.sink, events, reason, error)
+            book.book(DeadLettered(len(events), reason, error, path))
+        if undecodable:
+            await self.write_undecodable(book.sink, undecodable, "undecodable", error)
+            book.book(DeadLettered(len(undecodable), "undecodable", error, path))
 
     async def write(self, sink: str, events: Sequence[LLMEvent], reason: str, error: str) -> None:
         await self._write_lines(sink, reason, error, ({"event": event} for event in events))

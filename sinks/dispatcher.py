@@ -41,11 +41,11 @@ from sinks.base import (
     RetryableError,
     Sink,
     SinkError,
+    SinkNotStartedError,
 )
 from sinks.dead_letters import DeadLetters
 from sinks.outcomes import (
     AttemptFailed,
-    DeadLettered,
     Delivered,
     DeliveryBook,
     DispatchFault,
@@ -230,6 +230,8 @@ class Dispatcher:
             seconds = time.perf_counter() - started
             self.book.book(AttemptFailed(_failure_reason(error), str(error), seconds))
             raise
+        except SinkNotStartedError:
+            raise  # the relay's bug, not the events': a fault of the loop, the batch stays spooled
         except Exception as error:  # a sink's bug must not stall the sink on one odd event
             why = f"{self.name} sink failed: {error!r}"
             self.book.book(AttemptFailed("permanent", why, time.perf_counter() - started, error))
@@ -261,17 +263,11 @@ class Dispatcher:
         raise ShuttingDownError
 
     async def _dead_letter(self, events: Batch, reason: str, error: str) -> None:
-        await self.dead_letters.write(self.name, events, reason, error)
-        self._booked_dead_letters(len(events), reason, error)
+        await self.dead_letters.write_and_book(self.book, reason, error, events)
 
     async def _dead_letter_raw(self, bodies: Sequence[bytes]) -> None:
         error = "the spooled row is not an event's JSON"
-        await self.dead_letters.write_undecodable(self.name, bodies, "undecodable", error)
-        self._booked_dead_letters(len(bodies), "undecodable", error)
-
-    def _booked_dead_letters(self, count: int, reason: str, error: str) -> None:
-        path = str(self.dead_letters.path(self.name))
-        self.book.book(DeadLettered(count, reason, error, path))
+        await self.dead_letters.write_and_book(self.book, "undecodable", error, undecodable=bodies)
 
 
 def _pick(

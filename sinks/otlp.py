@@ -36,15 +36,20 @@ from sinks.base import (
     not_started,
 )
 from sinks.http import failure, otlp_retryable, parse_retry_after, safe_url, transport_failure
-from sinks.otlp_config import OtlpSinkConfig, otel_timeout, read_generic, read_preset
+from sinks.otlp_config import (
+    DEFAULT_TIMEOUT,
+    OtlpSinkConfig,
+    otel_timeout,
+    read_generic,
+    read_preset,
+)
 from sinks.otlp_presets import Preset
 from sinks.otlp_spans import SCOPE_NAME, encode_request
 from sinks.spec import SinkConfig, SinkSpec
 
-# Tempo's distributor takes 4 MiB gRPC messages and Grafana Cloud 15 MiB; 10 s is the OTLP
-# exporters' own default timeout.
+# Tempo's distributor takes 4 MiB gRPC messages and Grafana Cloud 15 MiB.
 DEFAULTS: Final = DispatchSettings(
-    batch_size=512, batch_max_bytes=4 * 1024 * 1024, flush_interval=1.0, timeout=10.0
+    batch_size=512, batch_max_bytes=4 * 1024 * 1024, flush_interval=1.0, timeout=DEFAULT_TIMEOUT
 )
 # Encoding costs about 30 µs per event: above this many, it would hold the event loop too long.
 THREAD_THRESHOLD: Final = 32

@@ -48,9 +48,6 @@ class Preset:
     endpoint_note: str = "the full traces URL, e.g. https://host/v1/traces"
     credentials_note: str = ""
 
-    def setting(self, key: str) -> Setting:
-        return next(s for s in self.settings if s.key == key)
-
 
 def template_keys(template: str) -> list[str]:
     """The settings a template names: ``"Bearer {API_KEY}"`` -> ``["API_KEY"]``."""

@@ -96,8 +96,8 @@ def is_llm_span(attributes: dict[str, Any]) -> bool:
     if attributes.get("span.type") in ("generation", "llm"):
         return True
     kind = attributes.get("openinference.span.kind")
-    if kind is not None:
-        return kind in _OPENINFERENCE_OPERATIONS
+    if kind is not None:  # an array or a kvlist is no kind (and cannot be looked up)
+        return isinstance(kind, str) and kind in _OPENINFERENCE_OPERATIONS
     return not _LLM_NAMES.isdisjoint(attributes)
 
 

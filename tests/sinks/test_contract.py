@@ -24,7 +24,7 @@ import pytest
 from foundation.settings import EnvReader
 from foundation.times import now
 from schemas import LLMEvent
-from sinks.base import DispatchSettings, Sink
+from sinks.base import Batch, DispatchSettings, Sink, SinkNotStartedError
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.otlp_presets import PRESETS, Preset
@@ -33,6 +33,7 @@ from sinks.spool import Spool
 from telemetry.metrics import Metrics
 from tests.helpers.otlp_peer import OK as OTLP_OK
 from tests.helpers.otlp_peer import event_ids as otlp_event_ids
+from tests.helpers.payloads import stored_event
 from tests.helpers.scripted_server import Answer, Received, ScriptedServer
 from tests.helpers.waiting import eventually
 from tests.sinks.datadog_intake import install
@@ -266,6 +267,8 @@ async def test_lifecycle_and_default_config(name: str, tmp_path: Path) -> None:
     assert API_KEY not in described
     assert "secret-" not in described  # every credential masked
     never_started = spec.build(config)
+    with pytest.raises(SinkNotStartedError, match=name):
+        await never_started.send(Batch.of([stored_event(1)]))
     await never_started.close()
     await never_started.close()
     sink = spec.build(config)
@@ -273,6 +276,8 @@ async def test_lifecycle_and_default_config(name: str, tmp_path: Path) -> None:
     await sink.close()
     await sink.close()
     assert sink.name == name
+    with pytest.raises(SinkNotStartedError):  # nor after close
+        await sink.send(Batch.of([stored_event(1)]))
 
 
 def test_every_preset_is_a_sink_of_its_own() -> None:

@@ -159,7 +159,7 @@ async def test_retries_end_in_dead_letters_after_max_retry_time(
     tmp_path: Path, peer: ScriptedServer
 ) -> None:
     peer.default = Answer(503)
-    relay = relay_with(tmp_path, peer.url + "/v1/traces", RELAY_TEMPO_MAX_RETRY_TIME="1")
+    relay = relay_with(tmp_path, peer.url + "/v1/traces", RELAY_TEMPO_MAX_RETRY_TIME="2")
     await asyncio.to_thread(relay.start)
     try:
         await asyncio.to_thread(post, relay, spans(4))
@@ -171,11 +171,16 @@ async def test_retries_end_in_dead_letters_after_max_retry_time(
         reasons = {orjson.loads(line)["reason"] for line in dead_letters.read_text().splitlines()}
         assert reasons == {"retries_exhausted"}
         assert len(peer.requests) >= 2
-        metrics = (await asyncio.to_thread(relay.request, "GET", "/metrics")).data.decode()
-        assert (
+        counted = (
             'relay_sink_dead_lettered_events_total{reason="retries_exhausted",sink="tempo"} 4.0'
-            in metrics
         )
+
+        def count_shown() -> str | None:  # the relay is another process: a blocking GET is fine
+            text = relay.request("GET", "/metrics").data.decode()
+            return text if counted in text else None
+
+        # The count is booked just after the file write: wait for it rather than race it.
+        await eventually(count_shown, message="the dead letters counted")
     finally:
         await asyncio.to_thread(relay.stop)
 

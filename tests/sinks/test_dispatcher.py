@@ -19,6 +19,7 @@ from sinks.file import FileSink, FileSinkConfig
 from sinks.spool import Spool
 from telemetry.metrics import Metrics
 from tests.helpers.payloads import stored_event
+from tests.helpers.waiting import eventually
 
 SETTINGS = DispatchSettings(batch_size=8, flush_interval=0.01, initial_backoff=0.01)
 
@@ -113,3 +114,28 @@ async def test_a_row_that_is_not_an_event_is_kept_raw_and_skipped(
     kept = dead_lettered(tmp_path)
     assert [base64.b64decode(str(line["raw_base64"])) for line in kept] == rows[1:3]
     assert {line["reason"] for line in kept} == {"undecodable"}
+
+
+async def test_a_sink_never_started_keeps_the_batch_spooled(tmp_path: Path, spool: Spool) -> None:
+    """The relay's own bug (a send before start) is a fault of the loop: nothing is dead-lettered,
+    the status says what is wrong, and once the sink is started the events are delivered."""
+    events = [stored_event(i) for i in range(5)]
+    await spool.append([orjson.dumps(e) for e in events])
+    output = tmp_path / "out.jsonl"
+    sink = FileSink(FileSinkConfig(output))
+    dead_letters = DeadLetters(tmp_path / "dead-letter")
+    dispatcher = Dispatcher(sink, SETTINGS, spool, dead_letters, Metrics())
+    dispatcher.start()
+    try:
+        await eventually(lambda: dispatcher.status.last_error, message="the fault in the status")
+        assert "before start()" in str(dispatcher.status.last_error)
+        assert spool.backlog("file") == len(events)
+        assert not (tmp_path / "dead-letter" / "file.jsonl").exists()
+        await sink.start()  # the loop retries after its pause (1 s) and delivers
+        await spool.wait_resolved("file")
+    finally:
+        await dispatcher.stop(1.0)
+        await sink.close()
+        dead_letters.close()
+    assert written(output) == [e["event_id"] for e in events]
+    assert dispatcher.status.dead_lettered == 0

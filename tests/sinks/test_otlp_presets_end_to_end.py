@@ -86,7 +86,9 @@ async def test_every_preset_delivers_to_a_real_otlp_receiver(
                 return ids if len(ids) >= len(posted) else []
 
             assert sorted(await eventually(arrived, message=f"{name}'s spans")) == sorted(posted)
-            for request in test_agent.requests(token, otlp=True):
+            requests = test_agent.requests(token, otlp=True)
+            assert requests, name
+            for request in requests:
                 headers = {key.lower(): value for key, value in request["headers"].items()}
                 assert {k: headers.get(k) for k in expected_headers} == expected_headers, name
     finally:

@@ -34,22 +34,13 @@ from sinks.base import (
     SinkError,
     not_started,
 )
-from sinks.datadog_config import (
-    DEFAULTS,
-    MAX_EVENT_AGE,
-    SITES,
-    DatadogSinkConfig,
-    site_problem,
-)
+from sinks.datadog_config import DEFAULTS, DatadogSinkConfig
 from sinks.datadog_format import EncodedBatch, encode_batch
 from sinks.http import datadog_retryable, failure, parse_retry_after, transport_failure
 from sinks.otlp import OtlpSink
 from sinks.spec import SinkSpec
 
 log = structlog.get_logger("relay.sinks.datadog")
-# The configuration's names, importable from the sink's module as before the split.
-__all__ = ["DEFAULTS", "MAX_EVENT_AGE", "SITES", "SPEC", "DatadogSink", "DatadogSinkConfig"]
-__all__ += ["build", "classify", "intake_message", "retry_after", "site_problem"]
 
 AGENT_EVP_ENDPOINT: Final = "/evp_proxy/v2/"
 EVP_SUBDOMAIN: Final = "llmobs-intake"

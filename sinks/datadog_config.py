@@ -153,7 +153,7 @@ class DatadogSinkConfig:
         return datadog_otlp.otlp_config(
             base_url=self.base_url,
             api_key=self.api_key,
-            site=self.site,
+            credentials_hint=self.hints.credentials,
             ml_app=self.ml_app,
             headers=self.headers,
             timeout=self.timeout,

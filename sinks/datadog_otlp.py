@@ -34,7 +34,7 @@ def otlp_config(
     *,
     base_url: str,
     api_key: str | None,
-    site: str,
+    credentials_hint: str,
     ml_app: str,
     headers: Mapping[str, str],
     timeout: float,
@@ -53,8 +53,7 @@ def otlp_config(
         # the gateway stays on every span as gen_ai.route.gateway.
         resource={"service.name": ml_app, "dd_llmobs_enabled": True},
         hints=Hints(
-            credentials=f"DD_API_KEY was rejected for site {site}: check that the key is valid "
-            f"and belongs to an organization on {site}",
+            credentials=credentials_hint,
             endpoint=f"check {endpoint_setting} (the OTLP traces intake of the site)",
         ),
         endpoint_setting=endpoint_setting,

@@ -28,7 +28,8 @@ from sinks.base import (
     RetryableError,
     SinkError,
 )
-from sinks.datadog import SPEC, DatadogSink, DatadogSinkConfig
+from sinks.datadog import SPEC, DatadogSink
+from sinks.datadog_config import DatadogSinkConfig
 from sinks.datadog_format import DROPPED, TRACER_VERSION
 from sinks.otlp import OtlpSink
 from tests.conftest import fixture_json

@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sinks import otlp_wire
 from sinks.otlp_wire import AttributeEncoder
+from tests.helpers.otlp_values import key_values
 
 TRACE_ID = bytes(range(16))
 SPAN_ID = bytes(range(100, 108))
@@ -218,28 +219,11 @@ def test_an_empty_request_parses_as_empty() -> None:
 def test_the_same_attributes_encode_like_the_official_classes() -> None:
     attributes = {k: v for k, v in SPAN_ATTRIBUTES.items() if v is not None}
     official = Span(trace_id=TRACE_ID, span_id=SPAN_ID)
-    for key, value in attributes.items():
-        any_value = AnyValue()
-        if isinstance(value, list):
-            for item in value:
-                any_value.array_value.values.add().CopyFrom(official_value(item))
-        else:
-            any_value.CopyFrom(official_value(value))
-        official.attributes.append(KeyValue(key=key, value=any_value))
+    official.attributes.extend(key_values(attributes))
     written = write_span(
         parent_span_id=None, name="", kind=0, start_ns=0, end_ns=0, attributes=attributes
     )
     assert written == official.SerializeToString()
-
-
-def official_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    return AnyValue(string_value=value)
 
 
 def test_remembered_encodings_keep_1_true_and_1_0_apart() -> None:

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from receiver.normalizers.base import InputError, Normalized
 from receiver.normalizers.common import stable_id
 from receiver.normalizers.otlp import normalize_json, normalize_proto
 from tests.conftest import fixture_json
+from tests.helpers.otlp_values import key_values
 from tests.receiver.normalizers.conftest import (
     CTX,
     RECEIVED_AT,
@@ -100,24 +100,6 @@ def json_span(attributes: dict[str, Any], **fields: Any) -> dict[str, Any]:
 def json_request(*spans: Any, service: str = "my-app") -> dict[str, Any]:
     resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
     return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": list(spans)}]}]}
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, list):
-        array = AnyValue()
-        array.array_value.values.extend(any_value(item) for item in value)
-        return array
-    return AnyValue(string_value=value)
-
-
-def key_values(attributes: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=key, value=any_value(value)) for key, value in attributes.items()]
 
 
 def proto_request(*spans: Span, resource: dict[str, Any]) -> ExportTraceServiceRequest:

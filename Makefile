@@ -14,7 +14,7 @@ PHOENIX_VENV := .venv-phoenix
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,conformance]'
 	touch $@
 
 $(AGENT_VENV)/.installed:

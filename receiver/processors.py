@@ -37,6 +37,9 @@ CONTENT_KEYS: Final = frozenset(
         "output.value",
         "llm.prompts",
         "llm.choices",
+        # OpenInference's request parameters may hold text (OpenAI's predicted output).
+        "llm.invocation_parameters",
+        "embedding.invocation_parameters",
     }
 )
 CONTENT_PREFIXES: Final = (
@@ -56,11 +59,16 @@ def digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+# What a part says (as opposed to its type, id or tool name): a text, a tool's result, the
+# arguments a model chose.
+_PART_CONTENT: Final = ("content", "response", "arguments")
+
+
 def _hash_messages(messages: Iterable[Message]) -> list[Message]:
     hashed: list[Message] = []
     for message in messages:
         parts = [
-            {**part, "content": digest(part["content"])} if "content" in part else dict(part)
+            {k: digest(v) if k in _PART_CONTENT else v for k, v in part.items()}
             for part in message.get("parts", [])
         ]
         hashed.append({**message, "parts": parts})

@@ -70,6 +70,7 @@ class Message(TypedDict, total=False):
     role: str
     parts: list[MessagePart]
     name: str
+    finish_reason: str  # on an output message, when the sender gave it per message
 
 
 class LLMEvent(TypedDict, total=False):

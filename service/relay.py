@@ -24,6 +24,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from receiver.ingest import INGRESS
 from receiver.intake import IntakeFullError
 from receiver.processors import ContentPolicy
 from schemas import LLMEvent
@@ -77,6 +78,9 @@ class Relay:
             for name, setup in config.sinks.items()
         }
         self.dispatchers = self._dispatchers(self.spool)
+        # Failure counters exist at 0 from the start, so that alerts see their first rise.
+        self.metrics.export_sinks(self.sinks)
+        self.metrics.export_routes(ingress.name for ingress in INGRESS)
         # Spools of workers that no longer run, with their dispatchers, until drained.
         self.adopted: dict[Path, tuple[Spool, dict[str, Dispatcher]]] = {}
         self.draining = False

@@ -130,6 +130,8 @@ def llm_span(event: LLMEvent, fmt: SpanFormat, tag_memo: TagMemo | None = None) 
     metadata = span_metadata(event)
     if fmt.mode == "agentless":
         meta["kind"] = "llm"
+        # Where the v1 API page puts them (as metadata keys; LiteLLM's v1 logger does the same).
+        # Datadog's own SDK writes them at the top of ``meta``, but in its v2 format (agent mode).
         if model:
             metadata["model_name"] = model
         if provider:
@@ -234,6 +236,13 @@ def span_metrics(event: LLMEvent) -> dict[str, float]:
     ttft_ms = event.get("ttft_ms")
     if isinstance(ttft_ms, int | float):
         metrics["time_to_first_token"] = ttft_ms / 1000.0  # Datadog wants seconds
+    # What the gateway billed, in USD: ddtrace's cost metric keys, which take precedence over
+    # Datadog's estimate from token counts (ddtrace/llmobs/_constants.py).
+    cost = event.get("cost") or {}
+    for key, field in (("total_cost", "total"), ("input_cost", "input"), ("output_cost", "output")):
+        amount = cost.get(field)
+        if amount is not None and _is_number(amount):
+            metrics[key] = float(amount)
     return metrics
 
 
@@ -355,7 +364,7 @@ def _message_text(parts: Sequence[Any]) -> str:
 
 
 def _part_text(part: Mapping[str, Any]) -> str:
-    content = part.get("content")
+    content = part.get("content", part.get("response"))  # a tool's result is its response
     if type(content) is str and part.get("type") in ("text", None):  # the usual part
         return content
     kind = str(part.get("type") or "text")

@@ -12,14 +12,28 @@ attributes are listed in ``span_attributes``; each is set only when the event ha
   ``gen_ai.response.finish_reasons`` a string array, ``gen_ai.response.time_to_first_chunk`` a
   double in seconds, ``gen_ai.conversation.id`` from ``session_id``). The cache write count is
   v1.41's ``gen_ai.usage.cache_creation.input_tokens``; ``gen_ai.usage.total_tokens`` (OpenRouter's
-  name) is the only usage name semconv lacks.
+  name) is the only usage name semconv lacks. The total and the reasoning count also go out under
+  OpenInference's names (``llm.token_count.total``, ``...completion_details.reasoning``): Arize
+  Phoenix derives the other counts from the GenAI names, but no reasoning count, and a total only
+  as input + output (so none for an embeddings call), while it keeps what a span already carries.
 - Cost, in USD, as doubles: ``gen_ai.usage.cost`` (total), ``gen_ai.usage.input_cost`` and
   ``gen_ai.usage.output_cost``. Semconv has no cost attribute; these extend OpenRouter's own
-  ``gen_ai.usage.*_cost`` names, and are absent, never 0, when the gateway reported no cost.
+  ``gen_ai.usage.*_cost`` names, and are absent, never 0, when the gateway reported no cost. The
+  same values go out under OpenInference's names too, ``llm.cost.total``, ``llm.cost.prompt`` and
+  ``llm.cost.completion``, the names OpenInference stores (Arize Phoenix among them) define for a
+  call's cost. Phoenix (20.x) keeps them on the span but still prices its cost column from token
+  counts and its own model table: the gateway's figure is the one in these attributes.
 - Routing: ``gen_ai.route.gateway``, ``gen_ai.route.upstream``, ``gen_ai.route.api_key.name`` /
   ``.hash``, ``gen_ai.route.rate_limit.<field>``; ``user.id``; ``http.response.status_code``.
 - Content: ``gen_ai.input.messages`` / ``gen_ai.output.messages`` as JSON strings, only when the
-  event still has them after the content policy.
+  event still has them after the content policy, in the shapes of semconv's
+  ``gen_ai-input-messages.json`` / ``gen_ai-output-messages.json`` (``content_messages``). Each
+  output message carries the ``finish_reason`` those schemas require: a reason the message already
+  had; else the event's only finish reason; else its reason at the message's index when there are
+  as many reasons as messages (a count that differs says nothing about which is which); else
+  ``error`` on a failed call, and otherwise ``""``, the relay's "not reported", since inventing
+  ``stop`` would hide a truncated answer. Without the field a reader that validates the list
+  (Arize Phoenix) drops every output message, and with them the model's answer.
 - Bookkeeping: ``relay.event_id`` (to drop at-least-once duplicates), ``relay.source.format``,
   ``relay.test`` (true on test-button spans, absent otherwise).
 
@@ -120,6 +134,8 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
         "gen_ai.usage.cache_creation.input_tokens": usage.get("cache_write_input_tokens"),
         "gen_ai.usage.reasoning.output_tokens": usage.get("reasoning_output_tokens"),
         "gen_ai.usage.total_tokens": usage.get("total_tokens"),
+        "llm.token_count.total": usage.get("total_tokens"),
+        "llm.token_count.completion_details.reasoning": usage.get("reasoning_output_tokens"),
         "gen_ai.response.finish_reasons": event.get("finish_reasons"),
         "gen_ai.response.time_to_first_chunk": None if ttft is None else ttft / 1000,
         "gen_ai.conversation.id": event.get("session_id"),
@@ -128,6 +144,9 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
         "gen_ai.usage.cost": double(cost.get("total")),
         "gen_ai.usage.input_cost": double(cost.get("input")),
         "gen_ai.usage.output_cost": double(cost.get("output")),
+        "llm.cost.total": double(cost.get("total")),
+        "llm.cost.prompt": double(cost.get("input")),
+        "llm.cost.completion": double(cost.get("output")),
         "gen_ai.route.api_key.name": api_key.get("name"),
         "gen_ai.route.api_key.hash": api_key.get("hash"),
         **{f"gen_ai.route.rate_limit.{k}": v for k, v in event.get("rate_limit", {}).items()},
@@ -140,10 +159,7 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
         error: Mapping[str, Any] = event.get("error", {})
         mapped["error.type"] = error.get("type") or "_OTHER"
         mapped["http.response.status_code"] = error.get("http_status")
-    if "input_messages" in event:
-        mapped["gen_ai.input.messages"] = orjson.dumps(event["input_messages"]).decode()
-    if "output_messages" in event:
-        mapped["gen_ai.output.messages"] = orjson.dumps(event["output_messages"]).decode()
+    mapped.update(content_messages(event))
     carried = {k: v for k, v in (event.get("attributes") or {}).items() if k not in mapped}
     return carried | mapped
 
@@ -151,3 +167,67 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
 def double(value: float | None) -> float | None:
     """A cost of exactly 1 stays a double, so that TraceQL compares it with other costs."""
     return None if value is None else float(value)
+
+
+# -- content: semconv's input and output message shapes -------------------------------------------
+
+# The error a failed call's output messages finish with (semconv's FinishReason value).
+ERROR_FINISH: Final = "error"
+# What the relay writes when nobody reported why the generation ended.
+UNREPORTED_FINISH: Final = ""
+
+
+def content_messages(event: LLMEvent) -> dict[str, str]:
+    """``gen_ai.input.messages`` / ``gen_ai.output.messages`` as JSON strings, each present only
+    when the event has that side."""
+    found: dict[str, str] = {}
+    if "input_messages" in event:
+        inputs = [_message(message) for message in event["input_messages"]]
+        found["gen_ai.input.messages"] = orjson.dumps(inputs).decode()
+    if "output_messages" in event:
+        outputs = [_message(message) for message in event["output_messages"]]
+        for message, reason in zip(outputs, finish_reasons(event, len(outputs)), strict=True):
+            if not isinstance(message.get("finish_reason"), str):
+                message["finish_reason"] = reason
+        found["gen_ai.output.messages"] = orjson.dumps(outputs).decode()
+    return found
+
+
+def finish_reasons(event: LLMEvent, count: int) -> list[str]:
+    """The finish reason of each of ``count`` output messages (the rule in the module docstring)."""
+    reported = event.get("finish_reasons") or []
+    if len(reported) == 1:
+        return reported * count
+    if len(reported) == count:
+        return list(reported)
+    fallback = ERROR_FINISH if event.get("status") == "error" else UNREPORTED_FINISH
+    return [fallback] * count
+
+
+def _message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A message as semconv's ChatMessage / OutputMessage: ``role`` a string, ``parts`` a list,
+    ``name`` only when it is a string. Other keys stay (the schemas allow them)."""
+    shaped = {k: v for k, v in message.items() if v is not None}
+    shaped["role"] = str(message.get("role") or "user")
+    shaped["parts"] = [_part(part) for part in message.get("parts") or ()]
+    if not isinstance(shaped.get("name"), str):
+        shaped.pop("name", None)
+    return shaped
+
+
+def _part(part: Any) -> dict[str, Any]:
+    """A part as semconv's schemas read it. A text part's ``content`` must be a string, or a
+    validating reader takes the part for an unknown kind and shows no text: anything else is
+    written as its JSON, and so is a part that is not even an object (as a text part)."""
+    if not isinstance(part, Mapping):
+        return {"type": "text", "content": part if isinstance(part, str) else _json(part)}
+    shaped = {k: v for k, v in part.items() if v is not None or k in ("arguments", "response")}
+    shaped["type"] = str(part.get("type") or "text")
+    content = shaped.get("content")
+    if shaped["type"] == "text" and not isinstance(content, str):
+        shaped["content"] = "" if content is None else _json(content)
+    return shaped
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()

@@ -3,15 +3,18 @@
 Metric names are a contract (the dashboard and alert rules in ``deploy/`` query them). LLM metrics
 are labelled by gateway, provider, upstream and model, never by user: bounded cardinality.
 Events marked ``source.test`` (setup checks) are kept out of the LLM metrics so that they never
-show up as spend.
+show up as spend. Failure counters are exported at 0 from the start (``export_sinks``,
+``export_routes``, the spool's problems), since alerts built on ``increase()`` miss a series' first
+rise.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
@@ -23,6 +26,29 @@ _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 30)
 _SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LLM_LABELS = ("gateway", "provider", "upstream", "model")
 
+
+# Every label value the relay books its failures under, so that each series can be exported at 0
+# before the first one (``export_sinks``, ``export_routes``): ``increase()`` only sees a rise from a
+# sample it has, and a series born at 512 dead letters never fires an alert on them.
+# ``sinks.dispatcher`` books these send failures and dead letters for a running sink; a sink taken
+# out of RELAY_SINKS has its own dead-letter reason, ``sink_removed``, booked once at start.
+SEND_FAILURE_REASONS: Final = ("retryable", "timeout", "too_large", "permanent", "misconfigured")
+DEAD_LETTER_REASONS: Final = (
+    "rejected",
+    "too_large",
+    "retries_exhausted",
+    "too_old",
+    "undecodable",
+)
+# ``receiver.ingest`` refuses a request or an item for these.
+INGEST_REJECTION_REASONS: Final = (
+    "unauthorized",
+    "too_large",
+    "unsupported",
+    "malformed",
+    "unavailable",
+    "invalid_item",
+)
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Label sets remembered per metric (see _Children).
@@ -218,6 +244,24 @@ class Metrics:
         self._cost = _Children(self.llm_cost)
         self._duration = _Children(self.llm_duration)
         self._ttft = _Children(self.llm_ttft)
+
+    def export_sinks(self, sinks: Iterable[str]) -> None:
+        """Each sink's delivery and failure counters, at 0 until something happens: for every
+        sink and every reason it can fail or dead-letter for."""
+        for sink in sinks:
+            self.sink_sent.labels(sink)
+            self.sink_retries.labels(sink)
+            self.sink_partial_rejected.labels(sink)
+            for reason in SEND_FAILURE_REASONS:
+                self.sink_failures.labels(sink, reason)
+            for reason in DEAD_LETTER_REASONS:
+                self.sink_dead_lettered.labels(sink, reason)
+
+    def export_routes(self, routes: Iterable[str]) -> None:
+        """Each ingest route's rejection counters, at 0 for every reason."""
+        for route in routes:
+            for reason in INGEST_REJECTION_REASONS:
+                self.items_rejected.labels(route, reason)
 
     def count_http(self, route: str, status: int) -> None:
         self._http[route, str(status)].inc()

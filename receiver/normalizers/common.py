@@ -164,10 +164,19 @@ def chat_messages(messages: Iterable[Any]) -> list[Message]:
         if isinstance(message.get("parts"), list):
             result.append(message)  # type: ignore[arg-type]
             continue
+        if message.get("role") == "tool" and message.get("tool_call_id"):
+            # A tool's result, answering the call with this id (semconv's own part type).
+            response = {
+                "type": "tool_call_response",
+                "id": str(message["tool_call_id"]),
+                "response": message.get("content"),
+            }
+            result.append({"role": "tool", "parts": [response]})
+            continue
         parts = _parts_from_content(message.get("content"))
         for call in message.get("tool_calls") or ():
             if isinstance(call, dict):
-                function = call.get("function") or {}
+                function = as_dict(call.get("function"))
                 parts.append(
                     {
                         "type": "tool_call",

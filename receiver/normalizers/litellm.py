@@ -4,30 +4,31 @@ The callback posts a JSON array (``log_format: json_array``, the default), NDJSO
 per request, and never retries. Field names moved between LiteLLM releases (``litellm_call_id``
 became ``call_id`` in some; times are float epoch seconds, numeric strings or naive datetime
 strings), and ``generic_api_use_v1`` still sends the old payload in which every value went through
-``str()``: it is converted to the current shape first, so one mapping serves both.
+``str()``: ``litellm_v1`` converts it to the current shape first, so one mapping serves both.
+
+LiteLLM fills some fields whatever happened: a failed call has 0 tokens and a ``response_cost`` of
+0, and ``session_id`` is empty unless ``request_correlation_in_logs`` is on (the caller's session
+then travels as ``trace_id``). Those placeholders are read as what they are, not as figures.
 """
 
 from __future__ import annotations
 
-import ast
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, cast
 
-from foundation.secrets import redact_text
 from foundation.times import rfc3339_ns
+from receiver.normalizers import litellm_outcome, litellm_v1
 from receiver.normalizers.base import IngestContext, Normalized, UnusableItem
 from receiver.normalizers.common import (
     as_bool,
     as_dict,
     as_float,
-    as_int,
     base_event,
     chat_messages,
     completion_messages,
     derived_trace_ids,
-    finish_usage,
     flatten_into,
     key_hash,
     stable_id,
@@ -53,12 +54,17 @@ _SEMCONV_PROVIDER = {
     "moonshot": "moonshot_ai",
 }
 # call_type without its async "a" prefix; image_generation, transcription, rerank... stay as named
-_OPERATIONS = {
+# LiteLLM's call types (``completion``, async ``acompletion``, ``litellm.aembedding``) as GenAI
+# operations; those that are no LLM call in the GenAI sense keep their own name. The OTLP
+# normalizer reads them too: LiteLLM's ``otel`` callback names the operation after the call type.
+CALL_TYPES: Final = {
     "completion": "chat",
     "responses": "chat",
     "anthropic_messages": "chat",
     "text_completion": "text_completion",
     "embedding": "embeddings",
+    **{name: name for name in ("image_generation", "transcription", "speech", "moderation")},
+    "rerank": "rerank",
 }
 # Already mapped elsewhere, or carrying prompt text that must stay under the RELAY_CONTENT policy.
 _METADATA_SKIP = {
@@ -75,10 +81,11 @@ _METADATA_SKIP = {
 _REQUEST_PARAMETERS = ("temperature", "max_tokens", "top_p", "top_k", "seed")
 _PARAMETERS_SKIP = {"tools", "functions", "messages", "prompt", "input", "extra_body", "stream"}
 _HEX = re.compile(r"[0-9a-f]+")
+# How LiteLLM writes the trace id it generates for a request (uuid4): any other trace id was set
+# by the caller (litellm_session_id, metadata session_id or trace_id).
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _MAX_EPOCH_S = 253_402_300_799  # 9999-12-31
-_CACHED = ("prompt_tokens_details", "cached_tokens")
-_CACHE_CREATION = ("prompt_tokens_details", "cache_creation_tokens")
 
 
 def normalize(body: bytes, ctx: IngestContext) -> Normalized:
@@ -88,36 +95,67 @@ def normalize(body: bytes, ctx: IngestContext) -> Normalized:
         if not isinstance(item, dict):
             result.reject(label, "expected a StandardLoggingPayload object")
             continue
-        call_id = next(
-            (str(item[k]) for k in ("litellm_call_id", "call_id", "id") if item.get(k)), None
-        )
-        if call_id is None:
+        v1 = litellm_v1.is_v1(item)
+        if v1:
+            item = litellm_v1.current_shape(item)
+        names = ("litellm_call_id", "call_id") if v1 else ("litellm_call_id", "call_id", "id")
+        call_id = next((str(item[k]) for k in names if item.get(k)), None)
+        if call_id is not None:
+            result.attempt(call_id, _event, item, call_id, (call_id,), ctx)
+        elif v1 and item.get("id"):  # a v1 payload's id is the provider's response id
+            identity = litellm_v1.identity(item)
+            result.attempt(str(item["id"]), _event, item, None, identity, ctx)
+        else:
             result.reject(label, "payload without litellm_call_id, call_id or id")
-            continue
-        result.attempt(call_id, _event, item, call_id, ctx)
     return result
 
 
-def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
-    if _is_v1(item):
-        item = _from_v1(item)
+def _event(
+    item: dict[str, Any], call_id: str | None, identity: tuple[str, ...], ctx: IngestContext
+) -> LLMEvent:
+    metadata, hidden = as_dict(item.get("metadata")), as_dict(item.get("hidden_params"))
+    event_id = stable_id(FORMAT, *identity)
+    event = base_event(event_id=event_id, received_at=ctx.received_at, fmt=FORMAT, gateway=FORMAT)
+    event["trace_id"], event["span_id"], parent = _trace_ids(item, metadata, event_id)
+    if parent:
+        event["parent_span_id"] = parent
+    parameters = as_dict(item.get("model_parameters"))
+    _times(event, item, parameters)
+    event["operation"] = _operation(item.get("call_type"))
+    api_base = item.get("api_base") or hidden.get("api_base")
+    _models(event, item, hidden, api_base)
+
+    attributes: dict[str, Any] = {}
+    status_fields = as_dict(item.get("status_fields"))
+    failed = "failure" in (item.get("status"), status_fields.get("llm_api_status"))
+    response = item.get("response")
+    event["usage"] = cast(
+        Usage, litellm_outcome.usage_counts(item, response, hidden, metadata, failed)
+    )
+    event["cost"] = cast(Cost, litellm_outcome.gateway_cost(item, hidden, failed))
+    event["status"] = "error" if failed else "ok"
+    if failed:
+        event["error"] = cast(Error, litellm_outcome.error_details(item, attributes))
+    rate_limit = litellm_outcome.rate_limits(as_dict(hidden.get("additional_headers")), attributes)
+    if rate_limit:
+        event["rate_limit"] = cast(RateLimit, rate_limit)
+    _who(event, item, metadata, parameters)
+    _content(event, item.get("messages"), response)
+    _attributes(attributes, item, call_id, metadata, hidden, parameters, failed)
+    flatten_into(attributes, "server.address", url_host(api_base))
+    event["attributes"] = attributes
+    return event
+
+
+def _times(event: LLMEvent, item: dict[str, Any], parameters: dict[str, Any]) -> None:
     times = [_time_ns(item.get("startTime")), _time_ns(item.get("endTime"))]
     known = [t for t in times if t is not None]
     if not known:
         raise UnusableItem("startTime and endTime are both missing or unreadable")
     start_ns, end_ns = known[0], known[-1]  # one known time stands for both
-
-    metadata, hidden = as_dict(item.get("metadata")), as_dict(item.get("hidden_params"))
-    event_id = stable_id(FORMAT, call_id)
-    event = base_event(event_id=event_id, received_at=ctx.received_at, fmt=FORMAT, gateway=FORMAT)
-    event["trace_id"], event["span_id"], parent = _trace_ids(item, metadata, event_id)
-    if parent:
-        event["parent_span_id"] = parent
     event["start_time"], event["end_time"] = rfc3339_ns(start_ns), rfc3339_ns(end_ns)
     if end_ns >= start_ns:
         event["duration_ms"] = (end_ns - start_ns) / 1_000_000
-
-    parameters = as_dict(item.get("model_parameters"))
     stream = as_bool(item.get("stream"))
     stream = as_bool(parameters.get("stream")) if stream is None else stream
     if stream is not None:
@@ -127,44 +165,32 @@ def _event(item: dict[str, Any], call_id: str, ctx: IngestContext) -> LLMEvent:
         # completionStartTime equals endTime for a blocking call: it is TTFT only when streaming
         event["ttft_ms"] = (first_token_ns - start_ns) / 1_000_000
 
-    call_type = str(item.get("call_type") or "")
-    base_call = call_type.removeprefix("litellm.")
-    calls = (*_OPERATIONS, "image_generation", "transcription", "speech", "moderation", "rerank")
-    base_call = base_call[1:] if base_call[1:] in calls else base_call  # acompletion
-    event["operation"] = _OPERATIONS.get(base_call, base_call) or "chat"
 
+def call_operation(call_type: Any) -> str | None:
+    """The operation a LiteLLM call type stands for; ``None`` when it is not one."""
+    base_call = str(call_type or "").removeprefix("litellm.")
+    if base_call not in CALL_TYPES and base_call[1:] in CALL_TYPES:  # acompletion
+        base_call = base_call[1:]
+    return CALL_TYPES.get(base_call)
+
+
+def _operation(call_type: Any) -> str:
+    return call_operation(call_type) or str(call_type or "").removeprefix("litellm.") or "chat"
+
+
+def _models(event: LLMEvent, item: dict[str, Any], hidden: dict[str, Any], api_base: Any) -> None:
     provider = item.get("custom_llm_provider")
-    api_base = item.get("api_base") or hidden.get("api_base")
     if isinstance(provider, str) and provider:
         event["provider"] = _SEMCONV_PROVIDER.get(provider.lower(), provider.lower())
     upstream = event.get("provider") or url_host(api_base)
     if upstream:
         event["upstream"] = upstream
-    response = item.get("response")
     model = item.get("model") or item.get("model_group") or hidden.get("litellm_model_name")
     if isinstance(model, str) and model:
         event["request_model"] = model
-    response_model = as_dict(response).get("model")
+    response_model = as_dict(item.get("response")).get("model")
     if isinstance(response_model, str) and response_model:
         event["response_model"] = response_model
-
-    event["usage"] = cast(Usage, _usage(item, response, hidden, metadata))
-    event["cost"] = cast(Cost, _cost(item, hidden))
-    attributes: dict[str, Any] = {}
-    status_fields = as_dict(item.get("status_fields"))
-    failed = "failure" in (item.get("status"), status_fields.get("llm_api_status"))
-    event["status"] = "error" if failed else "ok"
-    if failed:
-        event["error"] = cast(Error, _error(item, attributes))
-    rate_limit = _rate_limit(as_dict(hidden.get("additional_headers")), attributes)
-    if rate_limit:
-        event["rate_limit"] = cast(RateLimit, rate_limit)
-    _who(event, item, metadata)
-    _content(event, item.get("messages"), response)
-    _attributes(attributes, item, call_id, metadata, hidden, parameters, failed)
-    flatten_into(attributes, "server.address", url_host(api_base))
-    event["attributes"] = attributes
-    return event
 
 
 def _time_ns(value: Any) -> int | None:
@@ -214,93 +240,9 @@ def _trace_ids(
     return trace_id, span_id, None
 
 
-def _usage(
-    item: dict[str, Any], response: Any, hidden: dict[str, Any], metadata: dict[str, Any]
-) -> dict[str, int]:
-    objects = [as_dict(as_dict(response).get("usage")), as_dict(hidden.get("usage_object"))]
-    objects += [as_dict(metadata.get("usage_object"))]
-
-    def first(*paths: tuple[str, ...]) -> int | None:
-        for source in objects:
-            for path in paths:
-                value: Any = source
-                for key in path:
-                    value = as_dict(value).get(key)
-                if (number := as_int(value)) is not None and number >= 0:
-                    return number
-        return None
-
-    usage: dict[str, int] = {}
-    for target, name in (
-        ("input_tokens", "prompt_tokens"),
-        ("output_tokens", "completion_tokens"),
-        ("total_tokens", "total_tokens"),
-    ):
-        value = as_int(item.get(name))
-        value = first((name,)) if value is None or value < 0 else value
-        if value is not None:
-            usage[target] = value
-    for target, paths in (
-        ("cache_read_input_tokens", (_CACHED, ("cache_read_input_tokens",))),
-        ("cache_write_input_tokens", (("cache_creation_input_tokens",), _CACHE_CREATION)),
-        ("reasoning_output_tokens", (("completion_tokens_details", "reasoning_tokens"),)),
-    ):
-        if (value := first(*paths)) is not None:
-            usage[target] = value
-    return finish_usage(usage)
-
-
-def _cost(item: dict[str, Any], hidden: dict[str, Any]) -> dict[str, Any]:
-    breakdown = as_dict(item.get("cost_breakdown"))
-    total = as_float(item.get("response_cost"))
-    total = as_float(hidden.get("response_cost")) if total is None else total
-    total = as_float(breakdown.get("total_cost")) if total is None else total
-    # With failure debug info LiteLLM could not price the call: its 0 is not a figure.
-    if total is None or item.get("response_cost_failure_debug_info"):
-        return {"currency": "USD", "source": "unknown"}
-    cost: dict[str, Any] = {"total": total, "currency": "USD", "source": "gateway"}
-    for target in ("input", "output"):
-        if (value := as_float(breakdown.get(f"{target}_cost"))) is not None:
-            cost[target] = value
-    return cost
-
-
-def _error(item: dict[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
-    info = as_dict(item.get("error_information"))
-    error_str = item.get("error_str") if isinstance(item.get("error_str"), str) else ""
-    # "litellm.RateLimitError: AnthropicException - ..." names the class when error_class is empty
-    prefix = re.match(r"(?:litellm\.)?(\w+(?:Error|Exception))\b", error_str or "")
-    error: dict[str, Any] = {
-        "type": str(info.get("error_class") or (prefix[1] if prefix else "") or "error")
-    }
-    message = info.get("error_message") or error_str
-    if message:
-        error["message"] = redact_text(str(message))[:2000]
-    status = as_int(info.get("error_code"))
-    if status is not None and 100 <= status <= 599:
-        error["http_status"] = status
-    for name, value in info.items():  # the traceback is dropped: long, and it may quote secrets
-        if name not in ("error_class", "error_message", "error_code", "traceback") and value:
-            flatten_into(attributes, f"litellm.error.{name.removeprefix('error_')}", value)
-    return error
-
-
-def _rate_limit(headers: dict[str, Any], attributes: dict[str, Any]) -> dict[str, int]:
-    limits: dict[str, int] = {}
-    for raw_name, raw_value in headers.items():
-        name = str(raw_name).lower().replace("-", "_").removeprefix("llm_provider_")
-        kind, _, what = name.removeprefix("x_ratelimit_").partition("_")
-        if not name.startswith("x_ratelimit_") or what not in ("requests", "tokens"):
-            continue
-        value = as_int(raw_value)
-        if kind == "reset":
-            flatten_into(attributes, f"litellm.ratelimit.reset_{what}", raw_value)
-        elif kind in ("limit", "remaining") and value is not None and value >= 0:
-            limits[f"{what}_{kind}"] = value  # remaining 0 is kept: the limit is exhausted
-    return limits
-
-
-def _who(event: LLMEvent, item: dict[str, Any], metadata: dict[str, Any]) -> None:
+def _who(
+    event: LLMEvent, item: dict[str, Any], metadata: dict[str, Any], parameters: dict[str, Any]
+) -> None:
     api_key: dict[str, str] = {}
     if isinstance(metadata.get("user_api_key_alias"), str) and metadata["user_api_key_alias"]:
         api_key["name"] = metadata["user_api_key_alias"]
@@ -312,16 +254,34 @@ def _who(event: LLMEvent, item: dict[str, Any], metadata: dict[str, Any]) -> Non
         api_key["hash"] = "sha256:" + digest.lower()[:16] if is_sha256 else key_hash(digest)
     if api_key:
         event["api_key"] = cast(ApiKey, api_key)
-    # The end user (the request's "user") first; else the LiteLLM user who owns the key.
+    # The end user first: the proxy's end_user, or the request's "user" as an SDK caller passed
+    # it (LiteLLM keeps it only among the model parameters); else the user who owns the key.
     owner = metadata.get("user_api_key_user_id")
-    for user in (item.get("end_user"), metadata.get("user_api_key_end_user_id"), owner):
+    end_user = item.get("end_user") or metadata.get("user_api_key_end_user_id")
+    for user in (end_user, parameters.get("user"), owner):
         if isinstance(user, str) and user:
             event["user_id"] = user
             break
-    requester = as_dict(metadata.get("requester_metadata"))
-    session = requester.get("session_id") or metadata.get("session_id")
-    if isinstance(session, str) and session:
+    if session := _session(item, metadata):
         event["session_id"] = session
+
+
+def _session(item: dict[str, Any], metadata: dict[str, Any]) -> str | None:
+    requester = as_dict(metadata.get("requester_metadata"))
+    for session in (
+        item.get("session_id"),
+        requester.get("session_id"),
+        metadata.get("session_id"),
+    ):
+        if isinstance(session, str) and session:
+            return session
+    # Unless request_correlation_in_logs is on, LiteLLM sends the caller's session id as the
+    # trace id (and session_id empty): in that mode its trace id is the session-grouping field.
+    # A trace id it generated itself is a uuid4, so a caller's uuid session id is not told apart.
+    trace = item.get("trace_id")
+    if isinstance(trace, str) and trace and not _UUID.match(trace.lower()):
+        return trace
+    return None
 
 
 def _content(event: LLMEvent, messages: Any, response: Any) -> None:
@@ -349,7 +309,7 @@ def _content(event: LLMEvent, messages: Any, response: Any) -> None:
 def _attributes(
     attributes: dict[str, Any],
     item: dict[str, Any],
-    call_id: str,
+    call_id: str | None,
     metadata: dict[str, Any],
     hidden: dict[str, Any],
     parameters: dict[str, Any],
@@ -395,74 +355,3 @@ def _attributes(
     model_map = as_dict(item.get("model_map_information")).get("model_map_key")
     flatten_into(attributes, "litellm.model_map_key", model_map)
     flatten_into(attributes, "litellm.built_in_tools", item.get("standard_built_in_tools_params"))
-
-
-# -- the legacy payload (litellm.generic_api_use_v1): every value str()-ed, Python reprs inside --
-
-
-def _is_v1(item: dict[str, Any]) -> bool:
-    return "modelParameters" in item or ("cost" in item and "response_cost" not in item)
-
-
-def _literal(value: Any) -> Any:
-    """A Python repr (``{'role': 'user'}``) back into data, when it is made of literals only."""
-    if not isinstance(value, str) or len(value) > 1_000_000:
-        return value
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError):
-        return value
-
-
-def _from_v1(item: dict[str, Any]) -> dict[str, Any]:
-    usage_text = str(item.get("usage") or "")
-    usage = _literal(usage_text)
-    if not isinstance(usage, dict):  # "Usage(completion_tokens=20, prompt_tokens=10, ...)"
-        usage = {}
-        for name, number in re.findall(r"\b(\w+)=(\d+)", usage_text):
-            usage.setdefault(name, int(number))
-        usage["prompt_tokens_details"] = {"cached_tokens": usage.get("cached_tokens")}
-        usage["completion_tokens_details"] = {"reasoning_tokens": usage.get("reasoning_tokens")}
-    metadata = _literal(item.get("metadata"))
-    if not isinstance(metadata, dict):  # a repr with objects in it: keep its plain string pairs
-        metadata = dict(re.findall(r"'(\w+)': '([^'\\]*)'", str(metadata or "")))
-    return {
-        "_payload_version": "v1",
-        "id": item.get("id"),
-        "call_type": item.get("call_type"),
-        "cache_hit": item.get("cache_hit"),
-        "startTime": item.get("startTime"),
-        "endTime": item.get("endTime"),
-        "model": item.get("model"),
-        "end_user": item.get("user"),
-        "model_parameters": _literal(item.get("modelParameters")),
-        "messages": _literal(item.get("messages")),
-        "response": _v1_response(item.get("response"), usage),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "total_tokens": usage.get("total_tokens"),
-        "metadata": metadata,
-        "response_cost": item.get("cost"),
-        # v1 was only ever built from a successful response (it reads response_obj["usage"]).
-        "status": "success",
-    }
-
-
-def _v1_response(text: Any, usage: dict[str, Any]) -> Any:
-    parsed = _literal(text)
-    if isinstance(parsed, dict) or not isinstance(parsed, str):
-        return parsed
-    # "ModelResponse(id=..., model='gpt-4o', choices=[Choices(finish_reason='stop', index=0,
-    # message=Message(content='Hi', role='assistant', ...))], ...)": lift what the repr shows.
-    quoted = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
-    contents = re.findall(r"\bcontent=" + quoted, parsed)
-    reasons = re.findall(r"\bfinish_reason='(\w+)'", parsed)
-    choices = [
-        {"message": {"role": "assistant", "content": _literal(c)}, "finish_reason": r}
-        for c, r in zip(contents, reasons + [None] * len(contents), strict=False)
-    ]
-    model = re.search(r"\bmodel='([^']+)'", parsed)
-    response: dict[str, Any] = {"choices": choices, "usage": usage}
-    if model:
-        response["model"] = model[1]
-    return response

@@ -10,28 +10,32 @@ with the reason while the rest of the request is kept.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, Final
 
 from foundation.times import rfc3339_ns
+from receiver.normalizers import litellm_outcome
 from receiver.normalizers.base import IngestContext, Normalized
 from receiver.normalizers.common import (
     as_bool,
+    as_dict,
     as_float,
     as_int,
     base_event,
-    chat_messages,
-    completion_messages,
     finish_usage,
     maybe_json,
     stable_id,
 )
+from receiver.normalizers.litellm import call_operation
+from receiver.normalizers.litellm_v1 import read_repr
 from receiver.normalizers.otlp_attributes import (
     API_KEY_NAME,
     COST,
     ERROR_TYPE,
     FINISH_REASONS,
     HTTP_STATUS,
+    OPENINFERENCE_MODEL,
     OPERATION,
     PROVIDER,
     REQUEST_MODEL,
@@ -39,8 +43,10 @@ from receiver.normalizers.otlp_attributes import (
     RESPONSE_MODEL,
     SESSION,
     STREAM,
+    TTFT_MS,
     TTFT_SECONDS,
-    UPSTREAM,
+    UPSTREAM_NAME,
+    UPSTREAM_SLUG,
     USAGE,
     USER,
     Taker,
@@ -48,8 +54,9 @@ from receiver.normalizers.otlp_attributes import (
     as_text,
     as_token,
 )
+from receiver.normalizers.otlp_content import apply_content, take_content
 from receiver.normalizers.otlp_walk import FlatSpan, SpanError, walk_json, walk_proto
-from schemas import LLMEvent, Message
+from schemas import LLMEvent
 
 STATUS_ERROR: Final = 2
 KNOWN_GATEWAYS: Final = frozenset({"openrouter", "litellm", "otoroshi", "portkey", "helicone"})
@@ -61,11 +68,16 @@ _LLM_REQUEST_TYPES: Final = {
     "embedding": "embeddings",
     "rerank": "rerank",
 }
-_MODEL_FIELDS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    ("request_model", REQUEST_MODEL),
-    ("response_model", RESPONSE_MODEL),
+_LLM_NAMES: Final = frozenset(
+    (*REQUEST_MODEL, *RESPONSE_MODEL, *OPENINFERENCE_MODEL, "llm.request.type")
 )
-_LLM_NAMES: Final = frozenset((*REQUEST_MODEL, *RESPONSE_MODEL, "llm.request.type"))
+# The OpenAI SDK's error text, which instrumentations report as the exception message.
+_OPENAI_ERROR_CODE: Final = re.compile(r"\bError code: ([1-5]\d\d)\b")
+_INVOCATION_PARAMETERS: Final = ("llm.invocation_parameters", "embedding.invocation_parameters")
+# LiteLLM's provider usage object (a Python repr) holds the cache and reasoning counts its
+# ``gen_ai.usage.*`` attributes leave out; read only when short, as parsing it is not cheap.
+_LITELLM_USAGE: Final = "metadata.usage_object"
+_LITELLM_USAGE_MAX_CHARS: Final = 4096
 
 
 def normalize_json(body: bytes, ctx: IngestContext) -> Normalized:
@@ -90,10 +102,17 @@ def _normalize(spans: Iterator[FlatSpan | SpanError], ctx: IngestContext, fmt: s
 
 
 def is_llm_span(attributes: dict[str, Any]) -> bool:
+    """Whether a span is one LLM call. OpenRouter's ``provider attempt N`` and ``generation``
+    children of its ``LLM Generation`` span say ``span.type: span``: the call is their parent."""
+    span_type = attributes.get("span.type")
+    if span_type == "span":
+        return False
     operation = attributes.get("gen_ai.operation.name")
     if operation is not None:
-        return isinstance(operation, str) and operation in LLM_OPERATIONS
-    if attributes.get("span.type") in ("generation", "llm"):
+        return isinstance(operation, str) and (
+            operation in LLM_OPERATIONS or call_operation(operation) is not None
+        )
+    if span_type in ("generation", "llm"):
         return True
     kind = attributes.get("openinference.span.kind")
     if kind is not None:  # an array or a kvlist is no kind (and cannot be looked up)
@@ -128,15 +147,15 @@ def span_event(span: FlatSpan, ctx: IngestContext, fmt: str) -> LLMEvent:
     event["start_time"] = rfc3339_ns(start_ns)
     event["end_time"] = rfc3339_ns(end_ns)
     event["duration_ms"] = (end_ns - start_ns) / 1e6
-    ttft = attrs.take(TTFT_SECONDS, as_float)
-    if ttft is not None and ttft >= 0:
-        event["ttft_ms"] = ttft * 1000
+    ttft_ms = _ttft_ms(attrs, span, start_ns)
+    if ttft_ms is not None:
+        event["ttft_ms"] = ttft_ms
 
     _take_call(attrs, event, is_openrouter)
     _take_usage_and_cost(attrs, event)
     _take_status(attrs, event, span)
     _take_caller(attrs, event)
-    _take_content(attrs, event)
+    apply_content(event, take_content(attrs.left, attrs.names.indexed))
     attributes = _attributes_left(attrs, span)
     if attributes:
         event["attributes"] = attributes
@@ -154,26 +173,86 @@ def _span_times(span: FlatSpan) -> tuple[int, int]:
     return start_ns, end_ns
 
 
+def _ttft_ms(attrs: Taker, span: FlatSpan, start_ns: int) -> float | None:
+    """Time to first token: an attribute (seconds, or OpenRouter's milliseconds), else the
+    first-token span event (OpenInference, OpenLLMetry)."""
+    seconds = attrs.take(TTFT_SECONDS, as_float)
+    if seconds is not None and seconds >= 0:
+        return float(seconds * 1000)
+    millis = attrs.take(TTFT_MS, as_float)
+    if millis is not None and millis >= 0:
+        return float(millis)
+    if start_ns <= span.first_token_ns <= span.end_ns and start_ns > 0:
+        return (span.first_token_ns - start_ns) / 1e6
+    return None
+
+
 def _take_call(attrs: Taker, event: LLMEvent, is_openrouter: bool) -> None:
     """What was called: operation, provider, upstream, models, streaming."""
     event["operation"] = _operation(attrs)
     provider = attrs.take(PROVIDER, as_token)
     if provider:
         event["provider"] = provider
-    upstream = attrs.take(UPSTREAM, as_token) or (provider if is_openrouter else None)
+    upstream = upstream_of(attrs.left) or (provider if is_openrouter else None)
     if upstream:
         event["upstream"] = upstream
-    for field, keys in _MODEL_FIELDS:
-        model = attrs.take(keys, as_text)
-        if model:
-            event[field] = model  # type: ignore[literal-required]
+    parameters = _invocation_parameters(attrs.left)
+    named = attrs.take(OPENINFERENCE_MODEL, as_text)
+    requested = attrs.take(REQUEST_MODEL, as_text) or _text(parameters.get("model"))
+    answered = attrs.take(RESPONSE_MODEL, as_text)
+    if named and not requested:
+        requested = named
+    elif named and not answered:
+        answered = named
+    if requested:
+        event["request_model"] = requested
+    if answered:
+        event["response_model"] = answered
     stream = attrs.take(STREAM, as_bool)
+    if stream is None:
+        stream = as_bool(parameters.get("stream"))
     if stream is not None:
         event["stream"] = stream
+    user = _text(parameters.get("user"))
+    if user:
+        event["user_id"] = user
+
+
+def _text(value: Any) -> str | None:
+    """A parameter that is a non-empty string; any other value is not a model or user name."""
+    return value if isinstance(value, str) and value else None
+
+
+def upstream_of(attributes: dict[str, Any]) -> str | None:
+    """Who served an OpenRouter call: the provider of ``provider_slug`` (``novita`` for
+    ``novita/fp8``), else ``provider_name`` as a token. Both attributes stay as they are."""
+    for key in UPSTREAM_SLUG:
+        slug = attributes.get(key)
+        if isinstance(slug, str) and slug.strip("/"):
+            return as_token(slug.strip("/").split("/")[0])
+    for key in UPSTREAM_NAME:
+        name = as_token(attributes.get(key))
+        if name:
+            return name
+    return None
+
+
+def _invocation_parameters(attributes: dict[str, Any]) -> dict[str, Any]:
+    """OpenInference's request parameters (a JSON object in a string), left in place."""
+    for key in _INVOCATION_PARAMETERS:
+        parameters = maybe_json(attributes.get(key))
+        if isinstance(parameters, dict):
+            return parameters
+    return {}
 
 
 def _operation(attrs: Taker) -> str:
     operation = attrs.take(OPERATION, as_text)
+    if operation and operation not in LLM_OPERATIONS:
+        called = call_operation(operation)  # LiteLLM's otel callback: its call type
+        if called:
+            attrs.left["litellm.call_type"] = operation  # sync or async, chat or Anthropic API
+            return called
     if operation:
         return str(operation)
     request_type = attrs.take(REQUEST_TYPE, as_text)
@@ -189,6 +268,8 @@ def _take_usage_and_cost(attrs: Taker, event: LLMEvent) -> None:
         count = attrs.take(keys, as_int)
         if count is not None and count >= 0:
             usage[field] = count
+    if usage and _LITELLM_USAGE in attrs.left:
+        _fill_from_litellm_usage(attrs.left[_LITELLM_USAGE], usage)
     event["usage"] = finish_usage(usage)  # type: ignore[typeddict-item]
     cost: dict[str, Any] = {}
     for field, keys in COST:
@@ -196,6 +277,15 @@ def _take_usage_and_cost(attrs: Taker, event: LLMEvent) -> None:
         if amount is not None:
             cost[field] = amount
     event["cost"] = {**cost, "currency": "USD", "source": "gateway" if cost else "unknown"}  # type: ignore[typeddict-item]
+
+
+def _fill_from_litellm_usage(text: Any, usage: dict[str, int]) -> None:
+    """Cache and reasoning counts from LiteLLM's usage object, where its attributes lack them."""
+    if not isinstance(text, str) or len(text) > _LITELLM_USAGE_MAX_CHARS:
+        return
+    for field, count in litellm_outcome.detail_counts(as_dict(read_repr(text))).items():
+        if field not in usage and count > 0:
+            usage[field] = count
 
 
 def _take_status(attrs: Taker, event: LLMEvent, span: FlatSpan) -> None:
@@ -212,6 +302,9 @@ def _take_status(attrs: Taker, event: LLMEvent, span: FlatSpan) -> None:
         if message:
             error["message"] = message
         http_status = attrs.take(HTTP_STATUS, as_int)
+        if http_status is None and message:
+            found = _OPENAI_ERROR_CODE.search(message)
+            http_status = int(found.group(1)) if found else None
         if http_status is not None and 100 <= http_status <= 599:
             error["http_status"] = http_status
         event["error"] = error  # type: ignore[typeddict-item]
@@ -250,109 +343,3 @@ def _attributes_left(attrs: Taker, span: FlatSpan) -> dict[str, Any]:
     for key, value in span.resource.items():
         attributes[f"resource.{key}"] = value
     return attributes
-
-
-# -- prompt and completion -----------------------------------------------------------------------
-
-
-def _take_content(attrs: Taker, event: LLMEvent) -> None:
-    left = attrs.left
-    indexed = _indexed_messages(left, attrs.names.indexed)
-    inputs = _system_instructions(maybe_json(left.pop("gen_ai.system_instructions", None)))
-
-    raw_prompt = left.get("gen_ai.input.messages") or left.get("gen_ai.prompt")
-    inputs.extend(_take_prompt(left, raw_prompt))
-    inputs.extend(indexed.get("input", ()))
-
-    raw_completion = left.get("gen_ai.output.messages") or left.get("gen_ai.completion")
-    outputs, reasons = _take_completion(left, raw_completion)
-    outputs.extend(indexed.get("output", ()))
-
-    if not inputs and isinstance(left.get("input.value"), str):
-        inputs = [{"role": "user", "parts": [{"type": "text", "content": left.pop("input.value")}]}]
-    if not outputs and isinstance(left.get("output.value"), str):
-        text = left.pop("output.value")
-        outputs = [{"role": "assistant", "parts": [{"type": "text", "content": text}]}]
-    # OpenRouter repeats the prompt and completion under Langfuse-style names: keep one copy.
-    for key, same_as in (
-        ("span.input", raw_prompt),
-        ("span.output", raw_completion),
-        ("trace.output", raw_completion),
-    ):
-        if same_as is not None and left.get(key) == same_as:
-            del left[key]
-    if inputs:
-        event["input_messages"] = inputs
-    if outputs:
-        event["output_messages"] = outputs
-    if reasons and "finish_reasons" not in event:
-        event["finish_reasons"] = reasons
-
-
-def _system_instructions(instructions: Any) -> list[Message]:
-    """``gen_ai.system_instructions`` (parts or plain text) as a system message, if any."""
-    if isinstance(instructions, list):
-        return [{"role": "system", "parts": instructions}]
-    if isinstance(instructions, str) and instructions:
-        return [{"role": "system", "parts": [{"type": "text", "content": instructions}]}]
-    return []
-
-
-def _take_prompt(left: dict[str, Any], raw_prompt: Any) -> list[Message]:
-    """Input messages from ``gen_ai.input.messages`` or ``gen_ai.prompt`` (a message list, an
-    OpenAI-style request body or plain text); a body of another shape stays in ``left``."""
-    prompt = maybe_json(left.pop("gen_ai.input.messages", None) or left.pop("gen_ai.prompt", None))
-    if isinstance(prompt, dict):
-        if isinstance(prompt.get("messages"), list):
-            return chat_messages(prompt["messages"])
-        if isinstance(prompt.get("prompt"), str):
-            return [{"role": "user", "parts": [{"type": "text", "content": prompt["prompt"]}]}]
-        left["gen_ai.prompt"] = raw_prompt
-        return []
-    if isinstance(prompt, list):
-        return chat_messages(prompt)
-    if isinstance(prompt, str) and prompt:
-        return [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
-    return []
-
-
-def _take_completion(left: dict[str, Any], raw_completion: Any) -> tuple[list[Message], list[str]]:
-    """Output messages and finish reasons from ``gen_ai.output.messages`` or
-    ``gen_ai.completion`` (a message list, an OpenAI-style response body or plain text)."""
-    completion = maybe_json(
-        left.pop("gen_ai.output.messages", None) or left.pop("gen_ai.completion", None)
-    )
-    if isinstance(completion, dict):
-        outputs, reasons = completion_messages(completion)
-        if isinstance(completion.get("id"), str):
-            left.setdefault("gen_ai.response.id", completion["id"])
-        if not outputs and set(completion) - {"id"}:
-            left["gen_ai.completion"] = raw_completion
-        return outputs, reasons
-    if isinstance(completion, list):
-        return chat_messages(completion), []
-    if isinstance(completion, str) and completion:
-        return [{"role": "assistant", "parts": [{"type": "text", "content": completion}]}], []
-    return [], []
-
-
-def _indexed_messages(
-    left: dict[str, Any], indexed: tuple[tuple[str, str, int, str], ...]
-) -> dict[str, list[Message]]:
-    """OpenLLMetry ``gen_ai.prompt.0.role`` and OpenInference ``llm.input_messages.0.message.*``.
-
-    ``indexed`` lists those names, as ``SpanNames.indexed`` parsed them, in the order of ``left``.
-    """
-    if not indexed:
-        return {}
-    found: dict[tuple[str, int], dict[str, Any]] = {}
-    for key, side, index, field in indexed:
-        found.setdefault((side, index), {})[field] = left.pop(key)
-    messages: dict[str, list[Message]] = {}
-    for (side, _), fields in sorted(found.items()):
-        role = str(fields.pop("role", "assistant" if side == "output" else "user"))
-        content = fields.pop("content", None)
-        parts: list[Any] = [] if content is None else [{"type": "text", "content": content}]
-        parts.extend({"type": "other", "field": k, "content": v} for k, v in fields.items())
-        messages.setdefault(side, []).append({"role": role, "parts": parts})
-    return messages

@@ -22,13 +22,10 @@ from foundation.memo import Memo, remember_short
 from receiver.normalizers.common import as_float, as_int, as_str_list
 
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.system", "llm.provider", "llm.vendor")
-REQUEST_MODEL = (
-    "gen_ai.request.model",
-    "llm.request.model_name",
-    "llm.model_name",
-    "llm.request.model",
-    "embedding.model_name",
-)
+REQUEST_MODEL = ("gen_ai.request.model", "llm.request.model_name", "llm.request.model")
+# OpenInference's model names are the ones the response named (the requested model is in its
+# ``llm.invocation_parameters``): a request model only when no requested one is known.
+OPENINFERENCE_MODEL = ("llm.model_name", "embedding.model_name")
 RESPONSE_MODEL = ("gen_ai.response.model", "llm.response.model_name", "llm.response.model")
 USAGE: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     (
@@ -68,6 +65,7 @@ USAGE: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "gen_ai.usage.cache_write.input_tokens",
             "gen_ai.usage.cache_creation.input_tokens",
             "gen_ai.usage.cache_creation_input_tokens",
+            "gen_ai.usage.input_tokens.cache_write",
             "llm.token_count.prompt_details.cache_write",
         ),
     ),
@@ -76,14 +74,23 @@ USAGE: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
         (
             "gen_ai.usage.reasoning.output_tokens",
             "gen_ai.usage.output_tokens.reasoning",
+            "gen_ai.usage.reasoning_tokens",
             "llm.token_count.completion_details.reasoning",
         ),
     ),
 )
 COST: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    ("total", ("gen_ai.usage.total_cost", "gen_ai.usage.cost", "llm.cost.total")),
-    ("input", ("gen_ai.usage.input_cost", "llm.cost.prompt")),
-    ("output", ("gen_ai.usage.output_cost", "llm.cost.completion")),
+    (
+        "total",
+        (
+            "gen_ai.usage.total_cost",
+            "gen_ai.usage.cost",
+            "gen_ai.cost.total_cost",
+            "llm.cost.total",
+        ),
+    ),
+    ("input", ("gen_ai.usage.input_cost", "gen_ai.cost.input_cost", "llm.cost.prompt")),
+    ("output", ("gen_ai.usage.output_cost", "gen_ai.cost.output_cost", "llm.cost.completion")),
 )
 FINISH_REASONS = (
     "gen_ai.response.finish_reasons",
@@ -91,17 +98,16 @@ FINISH_REASONS = (
     "llm.finish_reason",
     "llm.response.finish_reason",
 )
-UPSTREAM = (
-    "openrouter.provider_slug",
-    "trace.metadata.openrouter.provider_slug",
-    "openrouter.provider_name",
-    "trace.metadata.openrouter.provider_name",
-)
+# Who served an OpenRouter call; the slug may name a deployment (``novita/fp8``). Read, not
+# taken: both names stay in ``attributes`` (see ``otlp.upstream_of``).
+UPSTREAM_SLUG = ("trace.metadata.openrouter.provider_slug", "openrouter.provider_slug")
+UPSTREAM_NAME = ("trace.metadata.openrouter.provider_name", "openrouter.provider_name")
 API_KEY_NAME = ("openrouter.api_key_name", "trace.metadata.openrouter.api_key_name")
 SESSION = ("gen_ai.conversation.id", "session.id")
-USER = ("user.id", "enduser.id", "llm.user")
-STREAM = ("gen_ai.request.stream", "llm.is_streaming")
+USER = ("user.id", "enduser.id", "llm.user", "gen_ai.user")
+STREAM = ("gen_ai.request.stream", "llm.is_streaming", "gen_ai.is_streaming")
 TTFT_SECONDS = ("gen_ai.response.time_to_first_chunk",)
+TTFT_MS = ("trace.metadata.openrouter.first_token_ms", "openrouter.first_token_ms")
 OPERATION = ("gen_ai.operation.name",)
 REQUEST_TYPE = ("llm.request.type",)
 ERROR_TYPE = ("error.type",)
@@ -112,15 +118,16 @@ ALIAS_TABLES: Final[tuple[tuple[str, ...], ...]] = (
     PROVIDER,
     REQUEST_MODEL,
     RESPONSE_MODEL,
+    OPENINFERENCE_MODEL,
     *(keys for _, keys in USAGE),
     *(keys for _, keys in COST),
     FINISH_REASONS,
-    UPSTREAM,
     API_KEY_NAME,
     SESSION,
     USER,
     STREAM,
     TTFT_SECONDS,
+    TTFT_MS,
     OPERATION,
     REQUEST_TYPE,
     ERROR_TYPE,

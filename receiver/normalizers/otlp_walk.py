@@ -40,7 +40,15 @@ class FlatSpan:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     exception: dict[str, Any] | None = None
+    first_token_ns: int = 0  # the earliest first-token or chunk event, 0 when none
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+# Span events that mark a streamed answer's first token: OpenInference's, and OpenLLMetry's
+# event per completion chunk (the earliest is the first).
+FIRST_TOKEN_EVENTS: Final = frozenset(
+    {"First Token Stream Event", "gen_ai.content.completion.chunk"}
+)
 
 
 # -- protobuf ------------------------------------------------------------------------------------
@@ -107,9 +115,13 @@ def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
     parent = span.parent_span_id
     status = span.status
     exception = None
+    first_token_ns = 0
     for event in span.events:
-        if event.name == "exception":
+        name = event.name
+        if name == "exception":
             exception = _pb_attrs(event.attributes)
+        elif name in FIRST_TOKEN_EVENTS and event.time_unix_nano:
+            first_token_ns = min(first_token_ns or event.time_unix_nano, event.time_unix_nano)
     return FlatSpan(
         trace_id=trace_id.hex(),
         span_id=span_id.hex(),
@@ -123,6 +135,7 @@ def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
         attributes=_pb_attrs(span.attributes),
         resource=resource,
         exception=exception,
+        first_token_ns=first_token_ns,
     )
 
 
@@ -270,9 +283,16 @@ def _json_span(span: Any, resource: dict[str, Any]) -> FlatSpan:
     raw_status = span.get("status")
     status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
     exception = None
+    first_token_ns = 0
     for event in span.get("events") or ():
-        if isinstance(event, dict) and event.get("name") == "exception":
+        if not isinstance(event, dict):
+            continue
+        if event.get("name") == "exception":
             exception = _json_attrs(event.get("attributes"))
+        elif event.get("name") in FIRST_TOKEN_EVENTS:
+            at = as_int(event.get("timeUnixNano")) or 0
+            if at > 0:
+                first_token_ns = min(first_token_ns or at, at)
     return FlatSpan(
         trace_id=trace_id,
         span_id=span_id,
@@ -286,5 +306,6 @@ def _json_span(span: Any, resource: dict[str, Any]) -> FlatSpan:
         attributes=_json_attrs(span.get("attributes")),
         resource=resource,
         exception=exception,
+        first_token_ns=first_token_ns,
         notes=notes,
     )

@@ -120,3 +120,17 @@ class Phoenix:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def phoenix_messages(attributes: dict[str, Any], side: str) -> list[dict[str, Any]]:
+    """Phoenix's flattened ``llm.<side>_messages.<i>.message.<field>`` as one dict per message
+    (tool call arguments, which it writes as JSON text, read back)."""
+    prefix = f"llm.{side}_messages."
+    messages: dict[int, dict[str, Any]] = {}
+    for key, value in attributes.items():
+        if key.startswith(prefix):
+            index, _, field = key[len(prefix) :].partition(".message.")
+            if field.endswith(".function.arguments"):
+                value = orjson.loads(value)
+            messages.setdefault(int(index), {})[field] = value
+    return [messages[i] for i in sorted(messages)]

@@ -108,6 +108,50 @@ def test_hash_policy_keeps_shape_and_hides_text(relay: RelayProcess) -> None:
     assert "Hello!" not in relay.events_file.read_text()
 
 
+def test_hash_policy_hides_tool_arguments_and_results(relay: RelayProcess) -> None:
+    secret_result, secret_city = "result: the vault code is 1234", "Atlantis"
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call-9",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": f'{{"city": "{secret_city}"}}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call-9", "content": secret_result},
+    ]
+    span = {
+        "traceId": "ab" * 16,
+        "spanId": "cd" * 8,
+        "name": "chat",
+        "startTimeUnixNano": "1772400000000000000",
+        "endTimeUnixNano": "1772400001000000000",
+        "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+            {
+                "key": "gen_ai.input.messages",
+                "value": {"stringValue": orjson.dumps(messages).decode()},
+            },
+        ],
+    }
+    body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+    headers = {**JSON, "Authorization": "Bearer tok-plain-456"}
+    assert relay.request("POST", "/v1/traces", body, headers).status == 200
+    (event,) = wait_until(lambda: [e for e in relay.events() if e["span_id"] == "cd" * 8])
+    call, result = event["input_messages"][1]["parts"][0], event["input_messages"][2]["parts"][0]
+    assert (call["type"], call["name"], call["id"]) == ("tool_call", "weather", "call-9")
+    assert call["arguments"].startswith("sha256:")
+    assert (result["type"], result["id"]) == ("tool_call_response", "call-9")
+    assert result["response"].startswith("sha256:")
+    written = relay.events_file.read_text()
+    assert secret_result not in written and secret_city not in written
+
+
 def test_status_and_metrics_show_what_happened(relay: RelayProcess) -> None:
     auth = {**JSON, "Authorization": "Bearer tok-acme-123"}
     body = otlp_json_spans(3, "metrics-model")

@@ -260,6 +260,10 @@ def expected_chat_span_v2(start_ns: int) -> dict[str, Any]:
             "cache_read_input_tokens": 1024,
             "reasoning_output_tokens": 0,
             "time_to_first_token": 0.412,
+            # the gateway's bill, under ddtrace's cost keys (USD)
+            "total_cost": 0.000231,
+            "input_cost": 0.00018,
+            "output_cost": 0.000051,
         },
         "tags": sorted(
             [

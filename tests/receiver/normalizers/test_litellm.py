@@ -1,20 +1,52 @@
-"""LiteLLM generic_api callback: StandardLoggingPayload (both generations) becomes LLMEvents."""
+"""LiteLLM generic_api callback: the current StandardLoggingPayload becomes LLMEvents.
+
+The reconstructed example covers fields a proxy fills (keys, teams, rate limits); what LiteLLM
+1.110.2 really posted from the SDK (``litellm-generic-api-<format>-captured.json``) covers the
+rest. The legacy v1 payload has its own module, ``test_litellm_v1``.
+"""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+import orjson
 import pytest
 
 from receiver.normalizers.base import InputError, Normalized
 from receiver.normalizers.common import derived_trace_ids, key_hash, stable_id
 from receiver.normalizers.litellm import normalize
-from tests.receiver.normalizers.conftest import CTX, RECEIVED_AT, bodies, checked, ndjson
+from tests.conftest import fixture_json
+from tests.receiver.normalizers.conftest import (
+    CTX,
+    RECEIVED_AT,
+    assert_clean,
+    bodies,
+    checked,
+    ndjson,
+)
 
-BATCH, LEGACY = bodies("litellm-standard-logging-payload-example.json")
+BATCH, _ = bodies("litellm-standard-logging-payload-example.json")
 SUCCESS, FAILURE = BATCH
 KEY_HASH = "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"
+FORMATS = ("json_array", "ndjson", "single")
+
+
+def captured_posts(fmt: str) -> list[dict[str, Any]]:
+    return list(fixture_json(f"litellm-generic-api-{fmt}-captured.json")["posts"])
+
+
+def payloads_in(post: dict[str, Any]) -> list[dict[str, Any]]:
+    lines = post["body"].split("\n") if post["log_format"] == "ndjson" else [post["body"]]
+    decoded = [orjson.loads(line) for line in lines if line]
+    return decoded[0] if post["log_format"] == "json_array" else decoded
+
+
+def captured(fmt: str, scenario: str) -> dict[str, Any]:
+    """The payload LiteLLM posted for one conformance scenario (prompt tagged ``:scenario]``)."""
+    every = [p for post in captured_posts(fmt) for p in payloads_in(post)]
+    (payload,) = [p for p in every if f":{scenario}]" in orjson.dumps(p["messages"]).decode()]
+    return payload
 
 
 def run(inputs: Any, *secrets: str) -> Normalized:
@@ -115,69 +147,14 @@ def test_failure_field_by_field() -> None:
     assert event["stream"] is False
     assert "ttft_ms" not in event
     assert event["duration_ms"] == pytest.approx(412.876)
-    assert event["cost"] == {"total": 0.0, "currency": "USD", "source": "gateway"}
+    # LiteLLM's 0 tokens and $0 for a call that got no answer are placeholders, not figures
+    assert event["usage"] == {}
+    assert event["cost"] == {"currency": "USD", "source": "unknown"}
     assert event["user_id"] == "internal-user-42"  # no end user: the key's owner
     assert event["attributes"]["litellm.error.rate_limit_type"] == "tokens"
     assert event["attributes"]["litellm.model_group"] == "claude-sonnet"
     assert event["attributes"]["server.address"] == "api.anthropic.com"
     assert not any("traceback" in key for key in event["attributes"])
-
-
-def test_legacy_v1_payload() -> None:
-    result = run(LEGACY)
-    event = result.events[0]
-    assert event["event_id"] == stable_id("litellm", "chatcmpl-123")
-    assert event["start_time"] == "2025-01-24T09:20:46.847371000Z"  # naive datetime read as UTC
-    assert event["duration_ms"] == pytest.approx(4.583)
-    assert (event["operation"], event["request_model"]) == ("chat", "gpt-4o")
-    assert event["usage"] == {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30}
-    assert event["cost"] == {"total": 0.000225, "currency": "USD", "source": "gateway"}
-    assert event["status"] == "ok"
-    assert event["input_messages"] == [
-        {"role": "user", "parts": [{"type": "text", "content": "Hello"}]}
-    ]
-    assert event["attributes"]["gateway.cache_hit"] is False
-    assert event["attributes"]["litellm.payload_version"] == "v1"
-    assert "user_id" not in event
-
-
-def test_legacy_v1_reprs_are_read() -> None:
-    response = (
-        "ModelResponse(id='chatcmpl-9', created=1737710446, model='gpt-4o-2024-08-06', "
-        "object='chat.completion', choices=[Choices(finish_reason='stop', index=0, "
-        "message=Message(content=\"It's 42.\\nDone\", role='assistant', tool_calls=None))], "
-        "usage=Usage(completion_tokens=7, prompt_tokens=12, total_tokens=19, "
-        "completion_tokens_details=CompletionTokensDetailsWrapper(reasoning_tokens=3), "
-        "prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=4)))"
-    )
-    legacy = variant(
-        LEGACY[0],
-        id="chatcmpl-9",
-        response=response,
-        usage=response[response.index("usage=") + 6 : -1],
-        user="end-user-7",
-        cache_hit="True",
-        metadata="{'user_api_key_alias': 'ops', 'user_api_key': '" + KEY_HASH + "', "
-        "'headers': {'authorization': 'Bearer sk-legacy-0123456789abcdef'}, "
-        "'endpoint': datetime.datetime(2025, 1, 24)}",
-    )
-    result = run([legacy], "sk-legacy-0123456789abcdef")
-    event = result.events[0]
-    assert event["response_model"] == "gpt-4o-2024-08-06"
-    assert event["output_messages"] == [
-        {"role": "assistant", "parts": [{"type": "text", "content": "It's 42.\nDone"}]}
-    ]
-    assert event["finish_reasons"] == ["stop"]
-    assert event["usage"] == {
-        "input_tokens": 12,
-        "output_tokens": 7,
-        "total_tokens": 19,
-        "cache_read_input_tokens": 4,
-        "reasoning_output_tokens": 3,
-    }
-    assert event["user_id"] == "end-user-7"
-    assert event["api_key"] == {"name": "ops", "hash": "sha256:" + KEY_HASH[:16]}
-    assert event["attributes"]["gateway.cache_hit"] is True
 
 
 @pytest.mark.parametrize(
@@ -432,3 +409,70 @@ def test_rate_limit_header_variants_and_exhaustion() -> None:
     event = run([limited]).events[0]
     assert event["rate_limit"] == {"requests_limit": 500, "requests_remaining": 0}
     assert event["attributes"]["litellm.ratelimit.reset_requests"] == "12ms"
+
+
+# -- what LiteLLM 1.110.2 really posted ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_captured_posts_give_one_event_per_payload(fmt: str) -> None:
+    for post in captured_posts(fmt):
+        result = normalize(post["body"].encode(), CTX)
+        assert_clean(result, payloads_in(post))
+        assert (len(result.events), result.rejected) == (len(payloads_in(post)), [])
+
+
+def test_session_id_sent_at_the_top_level() -> None:
+    # with litellm.request_correlation_in_logs (the ndjson capture) LiteLLM fills session_id
+    chat = captured("ndjson", "chat")
+    assert chat["session_id"]
+    assert run([chat]).events[0]["session_id"] == chat["session_id"]
+
+
+def test_session_id_sent_as_the_trace_id() -> None:
+    # by default LiteLLM leaves session_id empty and sends the caller's session as trace_id
+    chat, tool = captured("json_array", "chat"), captured("json_array", "tool")
+    assert chat["session_id"] == tool["session_id"] == ""
+    chat_event, tool_event = run([chat, tool]).events
+    assert chat_event["session_id"] == chat["trace_id"]
+    assert "session_id" not in tool_event  # a trace id LiteLLM generated is no session
+    assert tool_event["trace_id"] == tool["trace_id"].replace("-", "")
+
+
+def test_sdk_callers_user_is_the_user_id() -> None:
+    # the SDK keeps a call's user= only among the model parameters
+    chat = captured("json_array", "chat")
+    assert chat["end_user"] is None
+    assert run([chat]).events[0]["user_id"] == chat["model_parameters"]["user"]
+    # a proxy's end user still comes first; the key's owner only when neither is known
+    end_user = run([variant(chat, end_user="proxy-end-user")]).events[0]
+    assert end_user["user_id"] == "proxy-end-user"
+    owned = variant(chat, model_parameters={"temperature": 0.2})
+    owned["metadata"]["user_api_key_user_id"] = "key-owner"
+    assert run([owned]).events[0]["user_id"] == "key-owner"
+
+
+def test_failed_call_has_no_usage_and_an_unknown_cost() -> None:
+    failed = captured("json_array", "error")
+    assert (failed["prompt_tokens"], failed["response_cost"]) == (0, 0.0)  # LiteLLM's placeholders
+    event = run([failed]).events[0]
+    assert event["status"] == "error"
+    assert event["usage"] == {}
+    assert event["cost"] == {"currency": "USD", "source": "unknown"}
+    # error_code holds OpenAI's own code: the status is normalized_error's ("400_INVALID_REQUEST")
+    info = failed["error_information"]
+    assert event["error"] == {
+        "type": info["error_class"],
+        "message": info["error_message"],
+        "http_status": 400,
+    }
+    assert event["attributes"]["litellm.error.code"] == info["error_code"] == "model_not_found"
+    assert "response_model" not in event and "output_messages" not in event
+
+
+def test_failed_call_keeps_the_usage_and_cost_it_did_report() -> None:
+    failed = variant(captured("json_array", "error"), prompt_tokens=12, total_tokens=12)
+    failed["response_cost"] = 0.00001
+    event = run([failed]).events[0]
+    assert event["usage"] == {"input_tokens": 12, "output_tokens": 0, "total_tokens": 12}
+    assert event["cost"] == {"total": 0.00001, "currency": "USD", "source": "gateway"}

@@ -8,12 +8,10 @@ and secrets), and expected values are read from the body each test built.
 from __future__ import annotations
 
 import base64
-import copy
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -29,14 +27,19 @@ from tests.receiver.normalizers.conftest import (
     bodies,
     checked,
 )
+from tests.receiver.normalizers.otlp_bodies import (
+    END_NS,
+    PARENT_ID,
+    SPAN_ID,
+    START_NS,
+    TRACE_ID,
+    json_request,
+    json_span,
+    proto_from_json,
+)
 
 CONNECTION_TEST, TEST_BUTTON, PRODUCTION = bodies("openrouter-otlp-example.json")
 SEMCONV = fixture_json("genai-semconv-span-example.json")["body"]
-TRACE_ID = bytes(range(16))
-SPAN_ID = bytes(range(16, 24))
-PARENT_ID = bytes(range(24, 32))
-START_NS = 1_772_400_000_123_456_789
-END_NS = START_NS + 1_500_250_000
 
 
 def run_json(document: Any) -> Normalized:
@@ -68,59 +71,12 @@ def values(attributes: list[dict[str, Any]]) -> dict[str, Any]:
     return {kv["key"]: next(iter(kv["value"].values())) for kv in attributes}
 
 
-# -- building bodies -----------------------------------------------------------------------------
-
-
-def json_value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}  # OTLP/JSON spells 64-bit integers as strings
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, list):
-        return {"arrayValue": {"values": [json_value(item) for item in value]}}
-    return {"stringValue": value}
-
-
-def json_span(attributes: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    span = {
-        "traceId": TRACE_ID.hex(),
-        "spanId": SPAN_ID.hex(),
-        "name": "chat",
-        "kind": 3,
-        "startTimeUnixNano": str(START_NS),
-        "endTimeUnixNano": str(END_NS),
-        "attributes": [{"key": k, "value": json_value(v)} for k, v in attributes.items()],
-    }
-    span.update(fields)
-    return span
-
-
-def json_request(*spans: Any, service: str = "my-app") -> dict[str, Any]:
-    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
-    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": list(spans)}]}]}
-
-
 def proto_request(*spans: Span, resource: dict[str, Any]) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend(key_values(resource))
     resource_spans.scope_spans.add().spans.extend(spans)
     return request
-
-
-def proto_from_json(document: dict[str, Any]) -> ExportTraceServiceRequest:
-    """An OTLP/JSON body as the same request in protobuf, through protobuf's own JSON reader
-    (which wants base64 ids where OTLP/JSON has hex)."""
-    document = copy.deepcopy(document)
-    for resource_spans in document["resourceSpans"]:
-        for scope_spans in resource_spans["scopeSpans"]:
-            for span in scope_spans["spans"]:
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if key in span:
-                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
-    return json_format.ParseDict(document, ExportTraceServiceRequest())
 
 
 # -- OpenRouter Broadcast ------------------------------------------------------------------------
@@ -409,14 +365,9 @@ def test_openllmetry_span() -> None:
         {"role": "user", "parts": [{"type": "text", "content": "Say hi"}]}
     ]
     assert event["output_messages"] == [
-        {
-            "role": "assistant",
-            "parts": [
-                {"type": "text", "content": "hi"},
-                {"type": "other", "field": "finish_reason", "content": "stop"},
-            ],
-        }
+        {"role": "assistant", "parts": [{"type": "text", "content": "hi"}], "finish_reason": "stop"}
     ]
+    assert event["finish_reasons"] == ["stop"]
 
 
 def test_aliases_that_say_something_else_stay_in_attributes() -> None:

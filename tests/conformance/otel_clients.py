@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import sys
 import time
@@ -107,23 +108,27 @@ def is_call_span(span: dict[str, Any]) -> bool:
     return "gen_ai.operation.name" in attributes or "openinference.span.kind" in attributes
 
 
-def record_exports() -> list[dict[str, Any]]:
-    """Every span the SDK's OTLP/HTTP exporter sends from now on, in this process, as JSON.
+def record_exports() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every span the SDK's OTLP/HTTP exporter sends from now on, in this process: each as JSON,
+    and each request body (protobuf, base64) as the exporter encodes it.
 
     Wrapping the exporter (rather than adding a processor) also sees the spans of a sender that
     builds its own provider, as LiteLLM does: exactly what went to the relay.
     """
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     exported: list[dict[str, Any]] = []
+    bodies: list[str] = []
     send = OTLPSpanExporter.export
 
     def export(self: OTLPSpanExporter, spans: Any) -> Any:
         exported.extend(span_record(span) for span in spans)
+        bodies.append(base64.b64encode(encode_spans(spans).SerializeToString()).decode())
         return send(self, spans)
 
     OTLPSpanExporter.export = export  # type: ignore[method-assign]
-    return exported
+    return exported, bodies
 
 
 def main() -> int:
@@ -137,7 +142,7 @@ def main() -> int:
 
     from opentelemetry import trace
 
-    exported = record_exports()
+    exported, bodies = record_exports()
     setup, run = SENDERS[args.sender]
     setup(args.relay)
 
@@ -147,7 +152,8 @@ def main() -> int:
 
     run(args.llm, args.nonce, logged)
     logged()
-    args.out.write_bytes(orjson.dumps(exported, default=str))
+    report = {"spans": exported, "bodies": bodies}
+    args.out.write_bytes(orjson.dumps(report, default=str))
     return 0
 
 

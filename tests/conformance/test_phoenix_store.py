@@ -100,7 +100,9 @@ def stored_calls(
     return calls
 
 
-def run_sender(sender: str, llm: FakeLLM, relay: RelayProcess, nonce: str, out: Path) -> Any:
+def run_sender(
+    sender: str, llm: FakeLLM, relay: RelayProcess, nonce: str, out: Path
+) -> list[dict[str, Any]]:
     """Run one sender's calls in its own process; the spans it exported, as it reported them."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.conformance.otel_clients", sender,
@@ -108,7 +110,8 @@ def run_sender(sender: str, llm: FakeLLM, relay: RelayProcess, nonce: str, out: 
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    return orjson.loads(out.read_bytes())
+    spans: list[dict[str, Any]] = orjson.loads(out.read_bytes())["spans"]
+    return spans
 
 
 def called(

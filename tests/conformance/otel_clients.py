@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import base64
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -155,6 +156,20 @@ def main() -> int:
     report = {"spans": exported, "bodies": bodies}
     args.out.write_bytes(orjson.dumps(report, default=str))
     return 0
+
+
+def run_sender(sender: str, llm_url: str, relay_url: str, nonce: str, out: Path) -> list[Any]:
+    """Run one sender's calls in a process of its own (what ``main`` does there); the spans it
+    exported, as it reported them."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.conformance.otel_clients", sender,
+         "--llm", llm_url, "--relay", relay_url, "--nonce", nonce, "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    spans: list[Any] = orjson.loads(out.read_bytes())["spans"]
+    return spans
 
 
 def sdk_provider(relay_url: str) -> None:

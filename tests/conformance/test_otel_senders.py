@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,11 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conformance.capture import fixture_path
 from tests.conformance.checks import dropped, misplaced
-from tests.conformance.otel_clients import SENDERS, is_call_span
+from tests.conformance.otel_clients import SENDERS, is_call_span, run_sender
 from tests.conformance.reported import Call
 from tests.conformance.scenarios import SCENARIOS, prompt
 from tests.helpers.fake_llm import Exchange, FakeLLM
-from tests.helpers.relay import ROOT, RelayProcess
+from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -62,7 +59,7 @@ def sender_run(
         if how == "live":
             with FakeLLM() as llm:
                 nonce = uuid.uuid4().hex[:10]
-                spans = run_sender(sender, llm, relay, nonce, data / "spans.json")
+                spans = run_sender(sender, llm.url, relay.url, nonce, data / "spans.json")
                 exchanges = list(llm.exchanges)
         else:
             captured = orjson.loads(fixture_path(sender).read_bytes())
@@ -77,20 +74,6 @@ def sender_run(
         events = relay.events()
         calls = pair_calls(spans, events, nonce, lambda text: matching(exchanges, text))
         yield SenderRun(sender, spans, events, calls, skipped_spans(relay))
-
-
-def run_sender(
-    sender: str, llm: FakeLLM, relay: RelayProcess, nonce: str, out: Path
-) -> list[dict[str, Any]]:
-    """The sender's calls in a process of its own; the spans it exported, as it reported them."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.conformance.otel_clients", sender,
-         "--llm", llm.url, "--relay", relay.url, "--nonce", nonce, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    spans: list[dict[str, Any]] = orjson.loads(out.read_bytes())["spans"]
-    return spans
 
 
 def replay(relay: RelayProcess, bodies: list[str]) -> None:

@@ -15,22 +15,19 @@ time, are the scenarios in ``SCENARIOS`` order; the prompt Phoenix shows confirm
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.conformance.otel_clients import SENDERS
+from tests.conformance.otel_clients import SENDERS, run_sender
 from tests.conformance.reported import Call, usage_reported
 from tests.conformance.scenarios import SCENARIOS, prompt
 from tests.helpers.fake_llm import FakeLLM
 from tests.helpers.phoenix import Phoenix, phoenix_messages
-from tests.helpers.relay import ROOT, RelayProcess
+from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -77,7 +74,7 @@ def stored_calls(
         "RELAY_PHOENIX_FLUSH_INTERVAL": "0.05",
     }
     with FakeLLM() as llm, RelayProcess(data / "relay", env) as relay:
-        spans = run_sender(sender, llm, relay, nonce, data / "spans.json")
+        spans = run_sender(sender, llm.url, relay.url, nonce, data / "spans.json")
         by_id = {span["span_id"]: span for span in spans}
         events = wait_until(
             lambda: called(relay.events(), by_id),
@@ -98,20 +95,6 @@ def stored_calls(
         span = by_id[event["span_id"]]
         calls[scenario] = StoredCall(scenario, exchange, span, event, stored[event["span_id"]])
     return calls
-
-
-def run_sender(
-    sender: str, llm: FakeLLM, relay: RelayProcess, nonce: str, out: Path
-) -> list[dict[str, Any]]:
-    """Run one sender's calls in its own process; the spans it exported, as it reported them."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.conformance.otel_clients", sender,
-         "--llm", llm.url, "--relay", relay.url, "--nonce", nonce, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    spans: list[dict[str, Any]] = orjson.loads(out.read_bytes())["spans"]
-    return spans
 
 
 def called(

@@ -9,8 +9,11 @@ truly cannot store (spool full or failing, shutting down).
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Literal
 
 import orjson
@@ -25,13 +28,16 @@ from receiver.bodies import BodyError, read_body
 from receiver.intake import INTAKE, IntakeFullError
 from receiver.normalizers import litellm, native, otlp, otoroshi
 from receiver.normalizers.base import IngestContext, InputError, Normalized, Normalizer
-from receiver.processors import process
+from receiver.processors import ContentPolicy, process
 from schemas import LLMEvent
 from schemas.llm_event import SourceFormat
 
 log = structlog.get_logger("relay.ingest")
 
 RETRY_AFTER_SECONDS: Final = "5"
+# Bodies larger than this are normalized on a worker thread: about 30 ms of CPU (OTLP protobuf or
+# Otoroshi batches, measured), what one request may hold the loop for; less costs less inline.
+OFF_LOOP_BYTES: Final = 256 * 1024
 PROTOBUF_TYPES: Final = ("application/x-protobuf", "application/protobuf")
 ANY_TYPE: Final = "*"
 
@@ -122,13 +128,16 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
         raise Refused(error.status, str(error)) from None
     received_ns, received_at = now()
     context = IngestContext(received_ns, received_at, request.content_type)
+    owner = tenant if isinstance(tenant, str) else None
+    prepare = partial(_prepare, source, body, context, owner, intake.content)
     try:
-        result = source.normalize(body, context)
+        # A large body takes CPU in proportion: off the loop that answers everyone else.
+        result, bodies = (
+            await asyncio.to_thread(prepare) if len(body) > OFF_LOOP_BYTES else prepare()
+        )
     except InputError as error:
         raise Refused(400, str(error)) from None
     if result.events:
-        process(result.events, tenant if isinstance(tenant, str) else None, intake.content)
-        bodies = _encoded(result)
         try:
             await intake.store(bodies, result.events)
         except IntakeFullError as error:
@@ -145,6 +154,55 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
             first=f"{result.rejected[0].item}: {result.rejected[0].reason}",
         )
     return result
+
+
+def _prepare(
+    source: Input, body: bytes, context: IngestContext, tenant: str | None, content: ContentPolicy
+) -> tuple[Normalized, list[bytes]]:
+    """The CPU work of a request: its events normalized, processed and encoded as spooled."""
+    result = source.normalize(body, context)
+    _keep_countable(result)
+    if not result.events:
+        return result, []
+    process(result.events, tenant, content)
+    return result, _encoded(result)
+
+
+def _keep_countable(result: Normalized) -> None:
+    """Reject, each alone, the events whose numbers no counter or sink can take: a negative or
+    non-finite cost, token count, duration or time to first token, whatever format sent it."""
+    kept: list[LLMEvent] = []
+    for event in result.events:
+        problem = _uncountable(event)
+        if problem is None:
+            kept.append(event)
+        else:
+            result.reject(f"event {event.get('event_id')}", problem)
+    result.events = kept
+
+
+def _uncountable(event: LLMEvent) -> str | None:
+    cost: Mapping[str, object] = event.get("cost") or {}
+    for field in ("total", "input", "output"):
+        if field in cost and not _is_amount(cost[field]):
+            return f"cost.{field} must be a finite number >= 0"
+    usage: Mapping[str, object] = event.get("usage") or {}
+    for field, count in usage.items():
+        if type(count) is not int or count < 0:
+            return f"usage.{field} must be an integer >= 0"
+    for field, value in (
+        ("duration_ms", event.get("duration_ms")),
+        ("ttft_ms", event.get("ttft_ms")),
+    ):
+        if value is not None and not _is_amount(value):
+            return f"{field} must be a finite number >= 0"
+    return None
+
+
+def _is_amount(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 def _encoded(result: Normalized) -> list[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
+import structlog
 from aiohttp import web
 
 from receiver.ingest import add_ingress_routes
@@ -19,6 +20,8 @@ from service import ops
 from service.config import RelayConfig
 from service.relay import RELAY, Relay
 from telemetry.metrics import Metrics
+
+log = structlog.get_logger("relay.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Passed to every connection's request handler (aiohttp's ``handler_args``).
@@ -34,6 +37,12 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as error:
         request.app[RELAY].metrics.count_http(route, error.status)
         raise
+    except Exception as error:
+        # A bug: the sender gets a clean 500, the log one JSON line (the error's type only: its
+        # message may quote what was sent), and the answer is counted like any other.
+        log.error("request_failed", route=route, error=type(error).__name__)
+        request.app[RELAY].metrics.count_http(route, 500)
+        return web.json_response({"error": "internal error"}, status=500)
     request.app[RELAY].metrics.count_http(route, response.status)
     return response
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from receiver.auth import UNAUTHENTICATED, tenant_for
 from service.relay import RELAY
 from telemetry.metrics import exposition_registry
 
@@ -40,14 +43,25 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     await relay.refresh_gauges()
-    response = web.Response(body=generate_latest(exposition_registry(relay.metrics.registry)))
+    # Writing the exposition takes time in proportion to the series: not on the loop that
+    # answers every sender and /livez.
+    registry = exposition_registry(relay.metrics.registry)
+    response = web.Response(body=await asyncio.to_thread(generate_latest, registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
 
 async def test_connection(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
     send = request.query.get("send_test_event", "").lower() in ("1", "true", "yes")
-    results = await request.app[RELAY].check(send_test_event=send)
+    if send and tenant_for(request.headers.get("Authorization"), relay.ingest_tokens) is (
+        UNAUTHENTICATED
+    ):
+        # Sending writes an event into every sink: as guarded as ingest itself. The probe alone
+        # stays open, like /v1/status.
+        message = "send_test_event needs an ingest bearer token (see RELAY_INGEST_TOKENS)"
+        return _json({"ok": False, "error": message}, 401)
+    results = await relay.check(send_test_event=send)
     ok = all(result.ok for result in results.values())
     body = {"ok": ok, "sinks": {name: result.as_dict() for name, result in results.items()}}
     return _json(body, 200 if ok else 503)

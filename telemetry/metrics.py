@@ -50,6 +50,12 @@ INGEST_REJECTION_REASONS: Final = (
     "invalid_item",
 )
 
+# Distinct values a sender-chosen label may take (per worker); later ones are booked as ``other``
+# and counted in relay_metric_label_values_folded_total. Models are many, the rest few.
+LABEL_VALUES_MAX: Final = {"model": 200, "gateway": 50, "provider": 50, "upstream": 50}
+ERROR_TYPES_MAX: Final = 50
+FOLDED: Final = "other"
+
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Label sets remembered per metric (see _Children).
 CHILDREN_REMEMBERED = 4096
@@ -73,6 +79,27 @@ class _Children(Generic[_Metric]):
         if child is None:
             child = self._known.put(key, self._metric.labels(*key))
         return child
+
+
+class _LabelBudget:
+    """The values one sender-chosen label has taken, up to a maximum: 20,000 model names must not
+    become 480,000 series (a scrape of 60 MB, longer than Prometheus waits)."""
+
+    __slots__ = ("_limit", "_seen", "folded")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self.folded = 0
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        self.folded += 1
+        return FOLDED
 
 
 def share_between_workers(directory: Path) -> None:
@@ -236,6 +263,16 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
+        self.labels_folded = Counter(
+            "relay_metric_label_values_folded",
+            "LLM events booked under the label value 'other': the label had too many values.",
+            ("label",),
+            registry=r,
+        )
+        self._budgets = {name: _LabelBudget(limit) for name, limit in LABEL_VALUES_MAX.items()}
+        self._budgets["error_type"] = _LabelBudget(ERROR_TYPES_MAX)
+        for name in self._budgets:
+            self.labels_folded.labels(name)
         self._http = _Children(self.http_requests)
         self._received = _Children(self.events_received)
         self._requests = _Children(self.llm_requests)
@@ -286,17 +323,15 @@ class Metrics:
             received[key] = received.get(key, 0) + 1
             if source.get("test"):
                 continue
-            labels = (
-                source["gateway"],
-                event.get("provider", "unknown"),
-                event.get("upstream", "unknown"),
-                event.get("request_model") or event.get("response_model") or "unknown",
-            )
+            labels = self._llm_labels(event)
             status = event.get("status", "ok")
             key = (*labels, status)
             requests[key] = requests.get(key, 0) + 1
             if status == "error":
-                key = (*labels, event.get("error", {}).get("type", "unknown"))
+                error_type = self._budgets["error_type"](
+                    str(event.get("error", {}).get("type", "unknown"))
+                )
+                key = (*labels, error_type)
                 errors[key] = errors.get(key, 0) + 1
             usage = event.get("usage", {})
             for field, kind in _TOKEN_FIELDS:
@@ -327,6 +362,21 @@ class Metrics:
                 child = histograms[key]
                 for value in seconds:
                     child.observe(value)
+        for name, budget in self._budgets.items():
+            if budget.folded:
+                self.labels_folded.labels(name).inc(budget.folded)
+                budget.folded = 0
+
+    def _llm_labels(self, event: LLMEvent) -> tuple[str, str, str, str]:
+        budgets = self._budgets
+        return (
+            budgets["gateway"](event["source"]["gateway"]),
+            budgets["provider"](event.get("provider", "unknown")),
+            budgets["upstream"](event.get("upstream", "unknown")),
+            budgets["model"](
+                event.get("request_model") or event.get("response_model") or "unknown"
+            ),
+        )
 
 
 _TOKEN_FIELDS = (

@@ -151,18 +151,19 @@ def _parts_from_content(content: Any) -> list[Any]:
     return [{"type": "text", "content": content}]
 
 
-def chat_messages(messages: Iterable[Any]) -> list[Message]:
+def chat_messages(messages: Iterable[Any], default_role: str = "user") -> list[Message]:
     """OpenAI-style ``[{role, content, tool_calls?}]`` as GenAI semconv ``[{role, parts}]``.
 
-    Messages already in the GenAI shape (with ``parts``) pass through unchanged.
+    Messages already in the GenAI shape (with ``parts``) pass through, held to that shape.
+    ``default_role`` is the role of a message that names none (``assistant`` for outputs).
     """
     result: list[Message] = []
     for message in messages:
         if not isinstance(message, dict):
-            result.append({"role": "user", "parts": _parts_from_content(message)})
+            result.append({"role": default_role, "parts": _parts_from_content(message)})
             continue
         if isinstance(message.get("parts"), list):
-            result.append(message)  # type: ignore[arg-type]
+            result.append(_genai_message(message, default_role))
             continue
         if message.get("role") == "tool" and message.get("tool_call_id"):
             # A tool's result, answering the call with this id (semconv's own part type).
@@ -185,11 +186,34 @@ def chat_messages(messages: Iterable[Any]) -> list[Message]:
                         "arguments": maybe_json(function.get("arguments")),
                     }
                 )
-        converted: Message = {"role": str(message.get("role") or "user"), "parts": parts}
+        converted: Message = {"role": str(message.get("role") or default_role), "parts": parts}
         if message.get("name"):
             converted["name"] = str(message["name"])
         result.append(converted)
     return result
+
+
+def _genai_message(message: dict[str, Any], default_role: str) -> Message:
+    """A message a sender gave in the GenAI shape, held to that shape: a text role, parts that
+    are objects with a text ``type`` (a bare value becomes a part of its own), text names."""
+    parts: list[Any] = []
+    for part in message["parts"]:
+        if isinstance(part, dict):
+            kind = part.get("type")
+            parts.append(part if isinstance(kind, str) else {**part, "type": str(kind or "other")})
+        elif isinstance(part, str):
+            parts.append({"type": "text", "content": part})
+        elif part is not None:
+            parts.append({"type": "other", "content": part})
+    role = str(message.get("role") or default_role)
+    shaped: dict[str, Any] = {**message, "role": role, "parts": parts}
+    for key in ("name", "finish_reason"):
+        if key in shaped and not isinstance(shaped[key], str):
+            if shaped[key] is None:
+                del shaped[key]
+            else:
+                shaped[key] = str(shaped[key])
+    return shaped  # type: ignore[return-value]
 
 
 def completion_messages(response: Any) -> tuple[list[Message], list[str]]:

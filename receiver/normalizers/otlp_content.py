@@ -127,7 +127,7 @@ def _take_completion(left: dict[str, Any], raw_completion: Any) -> tuple[list[Me
             left["gen_ai.completion"] = raw_completion
         return outputs, reasons
     if isinstance(completion, list):
-        return chat_messages(completion), []
+        return chat_messages(completion, default_role="assistant"), []
     if isinstance(completion, str) and completion:
         return [{"role": "assistant", "parts": [{"type": "text", "content": completion}]}], []
     return [], []

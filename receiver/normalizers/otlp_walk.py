@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from receiver.normalizers.base import InputError, UnusableItem
-from receiver.normalizers.common import INT64_MAX, INT64_MIN, as_float, as_int, stable_id
+from receiver.normalizers.common import INT64_MAX, INT64_MIN, as_dict, as_float, as_int, stable_id
 
 
 class SpanError(UnusableItem):
@@ -113,6 +113,11 @@ def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
     if len(trace_id) != 16 or len(span_id) != 8:
         return SpanError(f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes")
     parent = span.parent_span_id
+    notes: dict[str, Any] = {}
+    if parent and len(parent) != 8:
+        # Not a span id: kept for the reader, never written as one (it would break the schema).
+        notes["otlp.original_parent_span_id"] = parent.hex()
+        parent = b""
     status = span.status
     exception = None
     first_token_ns = 0
@@ -136,6 +141,7 @@ def _pb_span(span: Any, resource: dict[str, Any]) -> FlatSpan | SpanError:
         resource=resource,
         exception=exception,
         first_token_ns=first_token_ns,
+        notes=notes,
     )
 
 
@@ -167,12 +173,18 @@ def _json_value(value: Any) -> Any:
         if key == "doubleValue":
             return as_float(item)
         if key == "arrayValue":
-            return [_json_value(v) for v in (item or {}).get("values") or ()]
+            values = _json_values(item)
+            return [_json_value(v) for v in values] if isinstance(values, list) else []
         if key == "kvlistValue":
-            return _json_attrs((item or {}).get("values"))
+            return _json_attrs(_json_values(item))
         if key == "bytesValue":
             return item
     return None
+
+
+def _json_values(item: Any) -> Any:
+    """The ``values`` of an array or kvlist value; a bare list (a common slip) is taken as them."""
+    return item if isinstance(item, list) else as_dict(item).get("values")
 
 
 def _json_attrs(attributes: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -10,7 +11,9 @@ import orjson
 import psutil
 import pytest
 import zstandard
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import fixture_json
 from tests.helpers.relay import RelayProcess
 
 TOKEN = "s3cret-ingest-token"
@@ -252,3 +255,79 @@ def test_an_operation_name_that_is_not_text_skips_the_span(relay: RelayProcess) 
     body = otlp_json_span(os.urandom(16).hex(), [operation])
     response = relay.request("POST", "/v1/traces", body, JSON)
     assert response.status == 200, response.data
+
+
+def llm_cost_total(relay: RelayProcess) -> float:
+    text = relay.request("GET", "/metrics").data.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llm_cost_usd_total"
+    )
+
+
+def native_event(event_id: str, cost: float) -> dict[str, object]:
+    request = fixture_json("native-llm-events-example.json")["requests"][0]["request"]
+    (first, *_) = copy.deepcopy(request["body"])
+    cost_field = {"total": cost, "currency": "USD", "source": "gateway"}
+    return {**first, "event_id": event_id, "trace_id": event_id, "cost": cost_field}
+
+
+def litellm_payload(call_id: str, cost: float) -> dict[str, object]:
+    requests = fixture_json("litellm-standard-logging-payload-example.json")["requests"]
+    (payload, *_) = copy.deepcopy(requests[0]["request"]["body"])
+    return {**payload, "id": call_id, "litellm_call_id": call_id, "response_cost": cost}
+
+
+def cost_span(trace_id: str, cost: float) -> dict[str, object]:
+    return {
+        "traceId": trace_id,
+        "spanId": os.urandom(8).hex(),
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+        "attributes": [
+            {"key": "gen_ai.request.model", "value": {"stringValue": "m"}},
+            {"key": "gen_ai.usage.cost", "value": {"doubleValue": cost}},
+        ],
+    }
+
+
+def test_a_negative_cost_rejects_its_event_alone_in_every_format(relay: RelayProcess) -> None:
+    """Never a 500 after the batch was stored: the event with the impossible cost is rejected
+    with the reason, the good one beside it is stored and counted, the counters stay whole."""
+    good, bad = os.urandom(16).hex(), os.urandom(16).hex()
+    before = llm_cost_total(relay)
+    spans = [cost_span(good, 0.25), cost_span(bad, -0.5)]
+    otlp = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
+    answer = relay.request("POST", "/v1/traces", otlp, JSON)
+    assert answer.status == 200, answer.data
+    assert orjson.loads(answer.data)["partialSuccess"]["rejectedSpans"] == "1"
+    native = orjson.dumps([native_event(good[:32], 0.5), native_event(bad[:32], -1.0)])
+    answer = relay.request("POST", "/v1/events", native, JSON)
+    assert answer.status == 200, answer.data
+    assert orjson.loads(answer.data)["accepted"] == 1
+    assert "cost.total" in orjson.loads(answer.data)["rejected"][0]["reason"]
+    litellm = orjson.dumps([litellm_payload("call-good", 0.125), litellm_payload("call-bad", -2.0)])
+    answer = relay.request("POST", "/v1/webhooks/litellm", litellm, JSON)
+    assert answer.status == 200, answer.data
+    assert orjson.loads(answer.data)["accepted"] == 1
+    assert llm_cost_total(relay) - before == pytest.approx(0.25 + 0.5 + 0.125)
+    assert relay.running
+
+
+def test_array_and_kvlist_values_given_as_bare_lists_are_read(relay: RelayProcess) -> None:
+    trace_id = os.urandom(16).hex()
+    attributes = [
+        {"key": "gen_ai.request.model", "value": {"stringValue": "m"}},
+        {"key": "app.tags", "value": {"arrayValue": [{"stringValue": "a"}, {"intValue": "2"}]}},
+        {"key": "app.meta", "value": {"kvlistValue": [{"key": "k", "value": {"boolValue": True}}]}},
+    ]
+    response = relay.request("POST", "/v1/traces", otlp_json_span(trace_id, attributes), JSON)
+    assert response.status == 200, response.data
+
+    from tests.helpers.waiting import wait_until
+
+    (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
+    assert event["attributes"]["app.tags"] == ["a", 2]
+    assert event["attributes"]["app.meta"] == {"k": True}

@@ -23,8 +23,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from receiver.ingest import OFF_LOOP_BYTES
 from schemas import json_schema
 from tests.conftest import fixture_json
+from tests.helpers.payloads import otlp_span
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import at_least, wait_until
 
@@ -361,3 +363,17 @@ def test_variants_of_senders_are_all_understood(relay: RelayProcess) -> None:
     assert old["upstream"] == "amazon-bedrock" and old["api_key"] == {"name": "legacy-key"}
     assert old["source"]["gateway"] == "openrouter"
     assert old["input_messages"] == [{"role": "user", "parts": [{"type": "text", "content": "q"}]}]
+
+
+def test_a_body_normalized_off_the_event_loop_is_stored_whole(relay: RelayProcess) -> None:
+    """A body over ``OFF_LOOP_BYTES`` goes through a worker thread: every span is stored, as
+    inline."""
+    spans = [otlp_span(index=n) for n in range(1500)]
+    body = otlp_json(*spans)
+    assert len(body) > OFF_LOOP_BYTES
+    answer = relay.request("POST", "/v1/traces", body, {"Content-Type": "application/json"})
+    assert answer.status == 200, answer.data
+    wanted = {span["spanId"] for span in spans}
+    wait_until(
+        lambda: wanted <= {e["span_id"] for e in relay.events()}, message="every span stored"
+    )

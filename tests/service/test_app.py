@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 from aiohttp.test_utils import TestClient
-from aiohttp.web import Application, Request
+from aiohttp.web import Application, Request, Response
 from pytest_aiohttp import AiohttpClient
 
 from receiver.ingest import INGRESS
@@ -84,3 +84,25 @@ async def test_every_row_answers_on_its_path_and_methods(
             assert answer.status in (200, 400), (method, row.path, answer.status)
         answer = await client.get(row.path)
         assert answer.status == 405, row.path
+
+
+async def test_an_unexpected_error_is_a_counted_json_500(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """A bug in a handler: the caller gets a clean JSON 500 (never the error's text, which may
+    quote what was sent), and the answer is counted like any other."""
+    config = load_config({"RELAY_DATA_DIR": str(tmp_path), "RELAY_SINKS": "file"})
+    app = create_app(config)
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret-looking detail sk-live-000")
+
+    app.router.add_get("/broken", broken)
+    client = await aiohttp_client(app)
+    answer = await client.get("/broken")
+    assert answer.status == 500
+    body = await answer.text()
+    assert orjson.loads(body) == {"error": "internal error"}
+    assert "sk-live" not in body
+    metrics = await (await client.get("/metrics")).text()
+    assert 'relay_http_requests_total{route="/broken",status="500"} 1.0' in metrics

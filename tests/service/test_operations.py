@@ -192,8 +192,15 @@ def test_setup_check_reports_each_sink(relay: RelayProcess) -> None:
     assert body["sinks"]["file"]["message"].startswith("File: writing to ")
 
 
-def test_setup_check_can_send_a_marked_test_event(relay: RelayProcess) -> None:
-    response = relay.request("GET", "/v1/test-connection?send_test_event=true")
+def test_setup_check_sends_a_test_event_only_with_an_ingest_token(relay: RelayProcess) -> None:
+    before = len(relay.events())
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = relay.request("GET", "/v1/test-connection?send_test_event=true", None, headers)
+        assert response.status == 401
+        assert "RELAY_INGEST_TOKENS" in orjson.loads(response.data)["error"]
+    assert relay.request("GET", "/v1/test-connection").status == 200  # the probe stays open
+    headers = {"Authorization": "Bearer tok-plain-456"}
+    response = relay.request("GET", "/v1/test-connection?send_test_event=true", None, headers)
     body = orjson.loads(response.data)
     assert body["ok"] is True
     note = body["sinks"]["file"]["test_event"]
@@ -201,6 +208,8 @@ def test_setup_check_can_send_a_marked_test_event(relay: RelayProcess) -> None:
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert event["source"]["test"] is True
     assert event["request_model"] == "test-connection"
+    assert len([e for e in relay.events() if e.get("request_model") == "test-connection"]) == 1
+    assert len(relay.events()) == before + 1
 
 
 def test_cli_test_connection_passes_and_fails_with_a_reason(tmp_path: Path) -> None:

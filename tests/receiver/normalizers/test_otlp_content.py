@@ -11,8 +11,11 @@ from typing import Any
 
 import orjson
 
+from receiver.normalizers.otlp import normalize_json
 from receiver.normalizers.otlp_attributes import SpanNames
 from receiver.normalizers.otlp_content import take_content
+from tests.receiver.normalizers.conftest import checked
+from tests.receiver.normalizers.otlp_bodies import json_request, json_span
 
 
 def content(attributes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -148,3 +151,40 @@ def test_finish_reasons_come_from_output_messages_when_no_attribute_has_them() -
     outputs = [{"role": "assistant", "parts": [], "finish_reason": "length"}]
     found, _ = content({"gen_ai.output.messages": orjson.dumps(outputs).decode()})
     assert found["finish_reasons"] == ["length"]
+
+
+def test_messages_in_the_genai_shape_are_held_to_it() -> None:
+    """Whatever a sender puts in ``parts``, the event keeps the schema's shape (``checked``
+    validates it): a role, and parts that are objects with a text ``type``."""
+    sent = [
+        {"parts": [1, 2]},
+        {"role": "user", "parts": [None, {"type": 7}, "hi", {"content": "x"}], "name": 5},
+    ]
+    span = json_span(
+        {"gen_ai.operation.name": "chat", "gen_ai.input.messages": orjson.dumps(sent).decode()}
+    )
+    (event,) = checked(normalize_json, json_request(span)).events
+    assert event["input_messages"] == [
+        {
+            "role": "user",
+            "parts": [{"type": "other", "content": 1}, {"type": "other", "content": 2}],
+        },
+        {
+            "role": "user",
+            "name": "5",
+            "parts": [
+                {"type": "7"},
+                {"type": "text", "content": "hi"},
+                {"type": "other", "content": "x"},
+            ],
+        },
+    ]
+
+
+def test_an_output_message_without_a_role_is_the_assistant_s() -> None:
+    sent = [{"parts": [{"type": "text", "content": "ok"}]}]
+    span = json_span(
+        {"gen_ai.operation.name": "chat", "gen_ai.output.messages": orjson.dumps(sent).decode()}
+    )
+    (event,) = checked(normalize_json, json_request(span)).events
+    assert event["output_messages"][0]["role"] == "assistant"

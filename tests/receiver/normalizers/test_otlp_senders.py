@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
 from receiver.normalizers.base import Normalized
 from receiver.normalizers.otlp import normalize_json, normalize_proto
+from tests.helpers.otlp_values import key_values
 from tests.receiver.normalizers.conftest import CTX, assert_clean, checked
 from tests.receiver.normalizers.otlp_bodies import (
+    SPAN_ID,
     START_NS,
+    TRACE_ID,
     json_request,
     json_span,
     proto_from_json,
@@ -169,3 +175,22 @@ def test_openrouter_upstream_from_the_provider_name_without_a_slug() -> None:
     sent = {"gen_ai.operation.name": "chat", "openrouter.provider_name": "Google AI Studio"}
     (event,) = run(json_span(sent)).events
     assert event["upstream"] == "google_ai_studio"
+
+
+def test_a_protobuf_parent_id_of_the_wrong_length_is_kept_aside_not_as_a_parent() -> None:
+    span = Span(
+        trace_id=TRACE_ID,
+        span_id=SPAN_ID,
+        parent_span_id=b"\x01\x02\x03\x04",
+        name="chat",
+        start_time_unix_nano=START_NS,
+        end_time_unix_nano=START_NS + 1,
+    )
+    span.attributes.extend(key_values({"gen_ai.operation.name": "chat"}))
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    result = normalize_proto(request.SerializeToString(), CTX)
+    assert_clean(result)  # schema-valid
+    (event,) = result.events
+    assert "parent_span_id" not in event
+    assert event["attributes"]["otlp.original_parent_span_id"] == "01020304"

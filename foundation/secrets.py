@@ -12,12 +12,26 @@ from typing import Any, Final
 
 from foundation.memo import remember_short
 
-# Keys whose values are credentials whatever the sender calls them.
-_SECRET_KEY = re.compile(
-    r"(^|[._-])(authorization|api[._-]?key|apikey|secret|client[._-]?secret|password|passwd|"
-    r"token|access[._-]?token|bearer|cookie|set-cookie|x-api-key|private[._-]?key)$",
-    re.IGNORECASE,
-)
+# A key's words: ``authToken``, ``api_key_value`` and ``x-auth`` split as a reader splits them.
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# A key whose last word (after qualifiers) is one of these holds a credential.
+_SECRET_WORDS: Final = frozenset(
+    {
+        "authorization", "auth", "apikey", "secret", "password", "passwd", "pwd", "passphrase",
+        "token", "bearer", "cookie", "credential", "credentials", "privatekey", "accesskey",
+    }
+)  # fmt: skip
+# ``key`` is a credential after these (``x-api-key``, ``aws_secret_access_key``, ``openai_key``),
+# and not after others (``cache_key``, ``idempotency_key``).
+_KEY_OWNERS: Final = frozenset(
+    {
+        "api", "private", "access", "secret", "client", "signing", "master", "subscription",
+        "openai", "anthropic", "azure", "aws", "gcp", "google", "gemini", "mistral", "cohere",
+        "groq", "openrouter", "together", "deepseek", "xai", "huggingface", "hf", "llm",
+    }
+)  # fmt: skip
+# Trailing words that say how a credential is written, not what it is (``user_password_plain``).
+_QUALIFIERS: Final = frozenset({"value", "plain", "raw", "string", "str", "text", "b64", "base64"})
 # Values that are credentials whatever key they sit under.
 _SECRET_VALUE = re.compile(
     r"^(Bearer|Basic)\s+\S+$|^(sk|sk-or|sk-ant|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}$",
@@ -29,7 +43,17 @@ _NOT_SECRET = re.compile(r"(_name|\.name|_hash|\.hash|_id|\.id|_count|tokens?_?(
 
 @remember_short(maxsize=8192, max_chars=256)  # keys repeat from event to event
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET.search(key)
+    if _NOT_SECRET.search(key):
+        return False
+    words = [word.lower() for word in _WORDS.findall(key)]
+    while len(words) > 1 and words[-1] in _QUALIFIERS:
+        words.pop()
+    if not words:
+        return False
+    last = words[-1]
+    if last in _SECRET_WORDS:
+        return True
+    return last == "key" and len(words) > 1 and words[-2] in _KEY_OWNERS
 
 
 def is_secret_value(value: Any) -> bool:
@@ -37,15 +61,51 @@ def is_secret_value(value: Any) -> bool:
 
 
 def scrub(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Remove credentials from a flat attribute mapping, in place, and return it."""
-    for key in [k for k, v in attributes.items() if is_secret_key(k) or is_secret_value(v)]:
-        del attributes[key]
+    """Remove credentials from an attribute mapping, in place, and return it: keys that name one,
+    values that are one, at any depth (a kvlist's ``api_key``, ``["Bearer ..."]``), and
+    credentials inside URLs."""
+    for key in list(attributes):
+        value = attributes[key]
+        if is_secret_key(key) or is_secret_value(value):
+            del attributes[key]
+        elif isinstance(value, dict | list):
+            attributes[key] = _scrubbed(value, 0)
+        elif isinstance(value, str) and "://" in value:
+            attributes[key] = redact_text(value)
     return attributes
+
+
+_MAX_SCRUB_DEPTH: Final = 32
+
+
+def _scrubbed(value: Any, depth: int) -> Any:
+    if depth > _MAX_SCRUB_DEPTH:
+        return MASK  # deeper than any sender nests: not read, so not kept
+    if isinstance(value, dict):
+        return {
+            key: _scrubbed(item, depth + 1)
+            for key, item in value.items()
+            if not (is_secret_key(str(key)) or is_secret_value(item))
+        }
+    if isinstance(value, list):
+        return [_scrubbed(item, depth + 1) for item in value if not is_secret_value(item)]
+    if isinstance(value, str) and "://" in value:
+        return redact_text(value)
+    return value
 
 
 MASK: Final = "[REDACTED]"
 
 _TEXT_SECRETS = (
+    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE), rf"\1{MASK}@"),
+    (
+        re.compile(
+            r"([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|sig|"
+            r"signature|auth)=)[^&\s#]+",
+            re.IGNORECASE,
+        ),
+        rf"\1{MASK}",
+    ),
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), rf"\1 {MASK}"),
     (re.compile(r"\b(?:sk|sk-or|sk-ant|sk-proj|glc|pk|rk)[-_][A-Za-z0-9_\-]{12,}"), MASK),
     (

@@ -22,12 +22,19 @@ from aiohttp import web
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from foundation.secrets import redact_text
 from foundation.times import now
 from receiver.auth import UNAUTHENTICATED, tenant_for
 from receiver.bodies import BodyError, read_body
 from receiver.intake import INTAKE, IntakeFullError
 from receiver.normalizers import litellm, native, otlp, otoroshi
-from receiver.normalizers.base import IngestContext, InputError, Normalized, Normalizer
+from receiver.normalizers.base import (
+    IngestContext,
+    InputError,
+    Normalized,
+    Normalizer,
+    Rejection,
+)
 from receiver.processors import ContentPolicy, process
 from schemas import LLMEvent
 from schemas.llm_event import SourceFormat
@@ -161,6 +168,10 @@ def _prepare(
 ) -> tuple[Normalized, list[bytes]]:
     """The CPU work of a request: its events normalized, processed and encoded as spooled."""
     result = source.normalize(body, context)
+    # A rejection names the item and quotes the problem: neither may carry a credential.
+    result.rejected = [
+        Rejection(redact_text(r.item), redact_text(r.reason)) for r in result.rejected
+    ]
     _keep_countable(result)
     if not result.events:
         return result, []

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any, Final, Literal, get_args
 
-from foundation.secrets import scrub
+from foundation.secrets import redact_text, scrub
 from schemas import LLMEvent, Message
 
 ContentPolicy = Literal["full", "redact", "hash"]
@@ -82,6 +82,10 @@ def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) 
         attributes = event.get("attributes")
         if attributes:
             scrub(attributes)
+        error = event.get("error")
+        if error and isinstance(error.get("message"), str):
+            # Senders quote requests in their errors (an exception's text, a status message).
+            error["message"] = redact_text(error["message"])
         if content == "full":
             continue
         if content == "redact":

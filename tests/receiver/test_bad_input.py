@@ -331,3 +331,58 @@ def test_array_and_kvlist_values_given_as_bare_lists_are_read(relay: RelayProces
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert event["attributes"]["app.tags"] == ["a", 2]
     assert event["attributes"]["app.meta"] == {"k": True}
+
+
+PLANTED = {
+    "authToken": "planted-secret-one-1111",
+    "api_key_value": "planted-secret-two-2222",
+    "aws_secret_access_key": "planted-secret-three-3333",
+    "openai_key": "planted-secret-four-4444",
+}
+
+
+def test_planted_secrets_reach_no_output(relay: RelayProcess) -> None:
+    """Credentials under every name form, nested in a kvlist, in a string array, in a URL and in
+    the error text never reach the events, the answer, the log or the metrics."""
+    trace_id = os.urandom(16).hex()
+    nested = {"key": "api_key", "value": {"stringValue": "planted-secret-five-5555"}}
+    attributes = [
+        {"key": "gen_ai.request.model", "value": {"stringValue": "m"}},
+        *({"key": k, "value": {"stringValue": v}} for k, v in PLANTED.items()),
+        {"key": "llm.invocation_parameters", "value": {"kvlistValue": {"values": [nested]}}},
+        {
+            "key": "http.request.headers",
+            "value": {"arrayValue": {"values": [{"stringValue": "Bearer planted-six-6666"}]}},
+        },
+        {
+            "key": "server.url",
+            "value": {"stringValue": "https://bot:planted-seven-7777@proxy.example/v1"},
+        },
+    ]
+    span = {
+        "traceId": trace_id,
+        "spanId": os.urandom(8).hex(),
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+        "status": {"code": 2, "message": "denied for Bearer planted-eight-8888"},
+        "attributes": attributes,
+    }
+    body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+    answer = relay.request("POST", "/v1/traces", body, JSON)
+    assert answer.status == 200, answer.data
+
+    from tests.helpers.waiting import wait_until
+
+    (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
+    assert event["status"] == "error"
+    outputs = [
+        relay.events_file.read_text(),
+        answer.data.decode(),
+        relay.log(),
+        relay.request("GET", "/metrics").data.decode(),
+        relay.request("GET", "/v1/status").data.decode(),
+    ]
+    planted = [*PLANTED.values(), "planted-secret-five", "planted-six", "planted-seven"]
+    planted.append("planted-eight")
+    for secret in planted:
+        assert not any(secret in output for output in outputs), secret

@@ -1,0 +1,75 @@
+"""Recognising credentials by the names senders give them, at any depth, and inside text."""
+
+from __future__ import annotations
+
+import pytest
+
+from foundation.secrets import MASK, is_secret_key, redact_text, scrub
+
+# Key names seen holding credentials, the secret word anywhere a reader would see it.
+SECRET_KEYS = [
+    "authorization",
+    "Authorization",
+    "api_key",
+    "apiKey",
+    "x-api-key",
+    "authToken",
+    "api_key_value",
+    "aws_secret_access_key",
+    "user_password_plain",
+    "openai_key",
+    "x-auth",
+    "client_secret",
+    "apikey.clientSecret",
+    "access_token",
+    "set-cookie",
+    "private_key",
+    "http.request.header.authorization",
+]
+# Names that look alike but hold no credential: counts, limits, names and hashes of keys, caches.
+PLAIN_KEYS = [
+    "gen_ai.usage.input_tokens",
+    "gen_ai.request.max_tokens",
+    "llm.token_count.prompt",
+    "rate_limit.tokens_remaining",
+    "openrouter.api_key_name",
+    "api_key.hash",
+    "cache_key",
+    "idempotency_key",
+    "author",
+    "auth_type",
+]
+
+
+@pytest.mark.parametrize("key", SECRET_KEYS)
+def test_credential_names_are_recognised(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", PLAIN_KEYS)
+def test_lookalike_names_are_not(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_scrub_reaches_nested_values_arrays_and_urls() -> None:
+    attributes = {
+        "llm.invocation_parameters": {"model": "m", "api_key": "abc", "extra": {"token": "t"}},
+        "http.request.headers": ["Bearer abcdefghijkl", "text/plain"],
+        "server.url": "https://user:hunter2@proxy.example/v1?api_key=abc123&x=1",
+        "authToken": "plain",
+        "gen_ai.request.max_tokens": 64,
+    }
+    assert scrub(attributes) == {
+        "llm.invocation_parameters": {"model": "m", "extra": {}},
+        "http.request.headers": ["text/plain"],
+        "server.url": f"https://{MASK}@proxy.example/v1?api_key={MASK}&x=1",
+        "gen_ai.request.max_tokens": 64,
+    }
+
+
+def test_redact_text_masks_credentials_in_messages() -> None:
+    text = "401 for https://bot:s3cr3tpass@api.example/x?token=zzz9 with Bearer abcdefghij"
+    redacted = redact_text(text)
+    for secret in ("s3cr3tpass", "zzz9", "abcdefghij"):
+        assert secret not in redacted
+    assert redacted.startswith("401 for https://")

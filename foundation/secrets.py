@@ -64,15 +64,24 @@ def scrub(attributes: dict[str, Any]) -> dict[str, Any]:
     """Remove credentials from an attribute mapping, in place, and return it: keys that name one,
     values that are one, at any depth (a kvlist's ``api_key``, ``["Bearer ..."]``), and
     credentials inside URLs."""
-    for key in list(attributes):
-        value = attributes[key]
+    doomed = []
+    deeper = []
+    for key, value in attributes.items():
         if is_secret_key(key) or is_secret_value(value):
-            del attributes[key]
-        elif isinstance(value, dict | list):
-            attributes[key] = _scrubbed(value, 0)
-        elif isinstance(value, str) and "://" in value:
-            attributes[key] = redact_text(value)
+            doomed.append(key)
+        elif type(value) is str:  # the usual value: only a URL needs a closer look
+            if "://" in value:
+                deeper.append(key)
+        elif type(value) in _CONTAINERS:
+            deeper.append(key)
+    for key in doomed:
+        del attributes[key]
+    for key in deeper:
+        attributes[key] = _scrubbed(attributes[key], 0)
     return attributes
+
+
+_CONTAINERS: Final = (dict, list)
 
 
 _MAX_SCRUB_DEPTH: Final = 32

@@ -16,11 +16,9 @@ run here from a copy without them.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from foundation.times import rfc3339_ns
 from tests.deploy.test_deploy import (
     ALERTS,
     PROMETHEUS,
@@ -42,6 +39,7 @@ from tests.deploy.test_deploy import (
     metric_names,
     one_document,
 )
+from tests.helpers.payloads import native_event
 from tests.helpers.ports import free_port
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import wait_until
@@ -69,21 +67,8 @@ TARGET = _target()
 
 
 def llm_event(**fields: Any) -> dict[str, Any]:
-    """A native LLMEvent (``POST /v1/events``) with fresh ids, ended a moment ago."""
-    now = time.time_ns()
-    event: dict[str, Any] = {
-        "event_id": f"alert-rules-{os.urandom(8).hex()}",
-        "source": {"gateway": "alert-tests", "test": False},
-        "trace_id": os.urandom(16).hex(),
-        "span_id": os.urandom(8).hex(),
-        "start_time": rfc3339_ns(now - 1_000_000_000),
-        "end_time": rfc3339_ns(now),
-        "operation": "chat",
-        "status": "ok",
-        "usage": {},
-        "cost": {"currency": "USD", "source": "unknown"},
-    }
-    return event | fields
+    gateway = {"source": {"gateway": "alert-tests", "test": False}}
+    return native_event("alert-rules", **(gateway | fields))
 
 
 def priced(model: str, provider: str, cost: float, **usage: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from foundation.times import rfc3339_ns
 from schemas import LLMEvent
 
 
@@ -69,3 +70,22 @@ def stored_event(index: int, padding: int = 0) -> LLMEvent:
         "cost": {"currency": "USD", "source": "unknown"},
         "attributes": {"padding": "x" * padding, "text": "line\nbreak"},
     }
+
+
+def native_event(label: str, duration_ns: int = 1_000_000_000, **fields: Any) -> dict[str, Any]:
+    """An LLMEvent as a gateway of one's own posts it (``POST /v1/events``): fresh ids, a chat
+    ended a moment ago, nothing reported; ``fields`` add to it or replace."""
+    now = time.time_ns()
+    event: dict[str, Any] = {
+        "event_id": f"{label}-{os.urandom(8).hex()}",
+        "source": {"gateway": "tests", "test": False},
+        "trace_id": os.urandom(16).hex(),
+        "span_id": os.urandom(8).hex(),
+        "start_time": rfc3339_ns(now - duration_ns),
+        "end_time": rfc3339_ns(now),
+        "operation": "chat",
+        "status": "ok",
+        "usage": {},
+        "cost": {"currency": "USD", "source": "unknown"},
+    }
+    return event | fields

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from foundation.times import rfc3339_ns
 from tests.conftest import fixture_json
+from tests.helpers.payloads import native_event
 from tests.helpers.phoenix import Phoenix, phoenix_messages
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import at_least, wait_until
@@ -125,29 +125,18 @@ def test_an_openrouter_trace_is_read_back_from_phoenix(
 # --- events of every output shape, through /v1/events -------------------------------------------
 
 
-def native_event(label: str, **fields: Any) -> dict[str, Any]:
-    """An LLMEvent as a gateway of our own would post it, with fresh ids, ended a moment ago."""
-    now = time.time_ns()
-    event: dict[str, Any] = {
-        "event_id": f"phoenix-{label}-{os.urandom(4).hex()}",
-        "source": {"gateway": "tests", "test": False},
-        "trace_id": os.urandom(16).hex(),
-        "span_id": os.urandom(8).hex(),
-        "start_time": rfc3339_ns(now - 1_500_000_000),
-        "end_time": rfc3339_ns(now),
-        "operation": "chat",
-        "status": "ok",
+def question(label: str, **fields: Any) -> dict[str, Any]:
+    """A chat as a gateway of our own would post it, asking a question of its own."""
+    asked = {
         "provider": "openai",
         "request_model": "gpt-4o-mini",
         "usage": {"input_tokens": 31, "output_tokens": 12},
-        "cost": {"currency": "USD", "source": "unknown"},
         "input_messages": [
             {"role": "system", "parts": [{"type": "text", "content": "Answer in one line."}]},
             {"role": "user", "parts": [{"type": "text", "content": f"Question {label}?"}]},
         ],
     }
-    event.update(fields)
-    return event
+    return native_event(f"phoenix-{label}", 1_500_000_000, **(asked | fields))
 
 
 def text_answer(text: str) -> dict[str, Any]:
@@ -204,7 +193,7 @@ CASES: dict[str, tuple[dict[str, Any], list[str | None]]] = {
 
 def test_every_output_shape_shows_in_phoenix(phoenix: Phoenix, tmp_path: Path) -> None:
     project = "relay-output-shapes"
-    posted = {label: native_event(label, **fields) for label, (fields, _) in CASES.items()}
+    posted = {label: question(label, **fields) for label, (fields, _) in CASES.items()}
     with RelayProcess(tmp_path / "data", relay_env("phoenix", phoenix, project)) as relay:
         answer = relay.request(
             "POST",

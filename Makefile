@@ -9,7 +9,7 @@ AGENT_VENV := .venv-testagent
 # (its dependencies would clash with the relay's), pinned to one major version.
 PHOENIX_VENV := .venv-phoenix
 
-.PHONY: run test lint typecheck unit oracle bench clean
+.PHONY: run test lint typecheck unit oracle fuzz bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: lint typecheck unit
 # ORACLE_SEED=<n> replays a run, ORACLE_SCALE sets the length.
 oracle: $(BIN)/.installed
 	ORACLE_SCALE=$${ORACLE_SCALE:-10} $(BIN)/pytest tests/test_oracle.py -p no:cacheprovider --timeout 3600
+
+# Hostile bodies with planted secrets against a running relay, far longer than in `make test`
+# (5,000 bodies, about five minutes); FUZZ_EXAMPLES=<n> sets the count.
+fuzz: $(BIN)/.installed
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/receiver/test_fuzz.py -p no:cacheprovider --timeout 3600
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

@@ -2,7 +2,9 @@
 
 For each scenario: the same load against a null receiver (the ceiling), then against the relay;
 events/s accepted and delivered to every sink, p50/p99 acknowledgement latency, peak RSS, CPU
-seconds per 1,000 events, each also as a ratio to the null receiver. ``--soak`` instead runs every
+seconds per 1,000 events, each also as a ratio to the null receiver. Then the overload figures
+(``bench.overload``): the worst ``/livez`` latency while the largest body of each format is
+processed, and ``/metrics`` after 20,000 distinct model names. ``--soak`` instead runs every
 scenario at once for five minutes and reports the relay's memory over time.
 
 Everything is bounded in count and time, talks to 127.0.0.1 only, and stops what it started.
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 from bench import report
+from bench.overload import OverloadSettings, run_overload
 from bench.payloads import SCENARIOS
 from bench.runner import Settings, log, run_scenario, run_soak
 
@@ -43,6 +46,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, help="concurrent connections (default 64)")
     parser.add_argument("--quick", action="store_true", help="a few seconds each: the smoke test")
     parser.add_argument("--soak", action="store_true", help="every scenario at once for 5 minutes")
+    overload = parser.add_mutually_exclusive_group()
+    overload.add_argument(
+        "--overload",
+        action="store_true",
+        help="run the overload figures (largest bodies, /metrics after 20,000 models); without"
+        " --scenario, only them",
+    )
+    overload.add_argument("--no-overload", action="store_true", help="skip the overload figures")
     parser.add_argument(
         "--rate",
         type=float,
@@ -58,6 +69,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and args.soak:
         parser.error("--quick and --soak exclude each other")
+    if args.soak and args.overload:
+        parser.error("--soak and --overload exclude each other")
     for name in ("seconds", "connections", "rate"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -77,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, variants=8, drain_timeout=20.0)
     if settings.cores.client is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, settings.cores.client)  # keep this process off the server's core
-    scenarios = args.scenario or list(SCENARIOS)
+    # The scenarios run unless --overload alone asks for the overload figures only; those run
+    # after the scenarios by default, unless scenarios were picked by name or --soak runs.
+    scenarios = args.scenario or ([] if args.overload else list(SCENARIOS))
+    with_overload = args.overload or not (args.scenario or args.soak or args.no_overload)
     result: dict[str, Any] = {
         "command": shlex.join(
             ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]
@@ -92,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         result["soak"] = run_soak(scenarios, settings)
     else:
         result["scenarios"] = [run_scenario(name, settings) for name in scenarios]
+    if with_overload:
+        overload = (
+            OverloadSettings.quick(settings.cores, args.keep)
+            if args.quick
+            else OverloadSettings(cores=settings.cores, keep=args.keep)
+        )
+        result["overload"] = run_overload(overload)
     encoded = orjson.dumps(result, option=orjson.OPT_INDENT_2)
     if args.out:
         with open(args.out, "wb") as handle:

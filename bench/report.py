@@ -193,6 +193,101 @@ def soak_table(soak: dict[str, Any]) -> str:
     return _table(header, [row])
 
 
+def _size(size: int) -> str:
+    if size < 1024 * 1024:
+        return f"{size / 1024:.0f} KiB"
+    return f"{size / 1024 / 1024:.1f} MiB"
+
+
+def overload_table(overload: dict[str, Any]) -> str:
+    """One row per format: its largest body, and /livez while the relay took it."""
+    header = [
+        "format",
+        "body",
+        "events sent / accepted",
+        "status",
+        "request s",
+        "/livez worst ms (s into request)",
+        "/livez p99 ms",
+        f"/livez probes >= {overload['goals']['livez_ms']:g} ms",
+        "written s after answer",
+        "peak RSS MiB",
+        "relay CPU s",
+    ]
+    rows = []
+    for row in overload["formats"]:
+        body = _size(row["body_bytes"])
+        if row["encoding"]:
+            body += f" {row['encoding']} ({_size(row['expanded_bytes'])} decoded)"
+        livez = row["livez"]
+        rows.append(
+            [
+                row["format"],
+                body,
+                f"{_n(row['events_sent'])} / {_n(row['events_accepted'])}",
+                str(row["status"] or row["error"]),
+                _n(row["request_seconds"], 2),
+                f"{_n(livez.get('worst_ms'), 1)} ({_n(livez.get('worst_at_s'), 2)})",
+                _n(livez.get("p99_ms"), 1),
+                f"{_n(livez.get('over_goal'))} of {_n(livez['probes'])}",
+                _n(row["written_after_answer_seconds"], 2),
+                _n(row["peak_rss_mb"], 1),
+                _n(row["cpu_s"], 2),
+            ]
+        )
+    return _table(header, rows)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    exposition = metrics["exposition"]
+    header = [
+        "model names posted / accepted",
+        "exposition bytes",
+        "series",
+        "model label values (folded)",
+        "scrape median / worst ms",
+        "/livez worst ms during scrapes",
+    ]
+    row = [
+        f"{_n(metrics['events_sent'])} / {_n(metrics['events_accepted'])}",
+        _n(exposition["bytes"]),
+        _n(exposition["series"]),
+        f"{_n(exposition['model_label_values'])} ({_n(exposition['models_folded'])})",
+        f"{_n(metrics['scrape_p50_ms'], 1)} / {_n(metrics['scrape_worst_ms'], 1)}",
+        _n(metrics["livez"].get("worst_ms"), 1),
+    ]
+    return _table(header, [row])
+
+
+def _verdict(value: float | None, goal: float) -> str:
+    return "met" if value is not None and value < goal else "NOT met"
+
+
+def overload_goals(overload: dict[str, Any]) -> list[str]:
+    """The issue's goals, read against this run (printed, never asserted)."""
+    goals = overload["goals"]
+    found = []
+    for row in overload["formats"]:
+        worst = row["livez"].get("worst_ms")
+        found.append(
+            f"/livez under {goals['livez_ms']:g} ms with the largest {row['format']} body:"
+            f" worst {_n(worst, 1)} ms -> {_verdict(worst, goals['livez_ms'])}"
+        )
+    metrics = overload["metrics"]
+    size = metrics["exposition"]["bytes"]
+    worst_scrape = metrics["scrape_worst_ms"]
+    livez = metrics["livez"].get("worst_ms")
+    found += [
+        f"/metrics under {_n(goals['metrics_bytes'])} bytes after {_n(metrics['models'])} models:"
+        f" {_n(size)} -> {_verdict(size, goals['metrics_bytes'])}",
+        f"/metrics under {goals['metrics_ms']:g} ms: worst {_n(worst_scrape, 1)} ms"
+        f" -> {_verdict(worst_scrape, goals['metrics_ms'])}",
+        f"/livez under {goals['livez_ms']:g} ms during the scrapes: worst {_n(livez, 1)} ms"
+        f" -> {_verdict(livez, goals['livez_ms'])}",
+    ]
+    return found
+
+
 def render(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -207,5 +302,19 @@ def render(report: dict[str, Any]) -> str:
         lines += [scenarios_table(report["scenarios"]), "", details_table(report["scenarios"]), ""]
     if report.get("soak"):
         lines += [soak_table(report["soak"]), ""]
-    lines += [f"- {line}" for line in targets(report.get("scenarios") or [], report.get("soak"))]
+    found = targets(report.get("scenarios") or [], report.get("soak"))
+    if report.get("overload"):
+        overload = report["overload"]
+        lines += [
+            f"overload: bodies just under {_size(overload['max_body_bytes'])}"
+            f" (RELAY_MAX_BODY_BYTES), /livez probed every {overload['probe_interval_ms']:g} ms"
+            " from a process of its own; a fresh relay per row",
+            "",
+            overload_table(overload),
+            "",
+            metrics_table(overload["metrics"]),
+            "",
+        ]
+        found += overload_goals(overload)
+    lines += [f"- {line}" for line in found]
     return "\n".join(lines)

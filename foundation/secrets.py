@@ -128,11 +128,28 @@ _TEXT_SECRETS = (
 )
 
 
+# A quoted key and its quoted value, as a JSON text or a Python repr writes them: the value is
+# masked when the key names a credential (read as ``is_secret_key`` reads keys).
+_QUOTED_PAIR = re.compile(r"""(["'])([^"'\s]{1,64})\1(\s*[:=]\s*)(["'])([^"'\\]*)\4""")
+# Every pattern above needs one of these; most texts (model names, operations) have none.
+_MAYBE_SECRET = re.compile(r"[:=]|bearer|basic|\b(?:sk|glc|pk|rk)[-_]", re.IGNORECASE)
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    if not is_secret_key(match.group(2)):
+        return match.group(0)
+    quote, key, sep, value_quote = match.group(1, 2, 3, 4)
+    return f"{quote}{key}{quote}{sep}{value_quote}{MASK}{value_quote}"
+
+
 def redact_text(text: str) -> str:
-    """Free text (error messages) with bearer tokens, API keys and ``key=value`` secrets masked."""
+    """Free text (error messages, a structure a sender wrote where a name was expected) with
+    bearer tokens, API keys, ``key=value`` secrets and credential-named quoted pairs masked."""
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in _TEXT_SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return _QUOTED_PAIR.sub(_mask_pair, text)
 
 
 def mask_known(value: Any, secrets: list[str]) -> Any:

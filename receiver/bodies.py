@@ -1,4 +1,5 @@
-"""Reading a request body: size cap before and after decompression, gzip / deflate / zstd.
+"""Reading a request body: a deadline, a size cap before and after decompression, gzip / deflate /
+zstd.
 
 aiohttp's own transparent decompression is turned off (see ``service.app``) so that a small
 compressed body cannot expand past ``RELAY_MAX_BODY_BYTES`` in memory: every decoder here stops one
@@ -7,6 +8,7 @@ byte past the cap.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zlib
 
@@ -17,7 +19,7 @@ SUPPORTED_ENCODINGS = ("gzip", "deflate", "zstd", "identity")
 
 
 class BodyError(Exception):
-    """The body cannot be taken; ``status`` is the HTTP answer (400, 413 or 415)."""
+    """The body cannot be taken; ``status`` is the HTTP answer (400, 408, 413 or 415)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -28,17 +30,18 @@ def too_large(limit: int, stage: str) -> BodyError:
     return BodyError(413, f"request body exceeds {limit} bytes {stage} (RELAY_MAX_BODY_BYTES)")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, decompressed; it must arrive within ``timeout`` seconds (a slow sender would
+    otherwise hold its connection for ever) and fit ``limit`` bytes at every stage."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit, "as sent")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        total += len(chunk)
-        if total > limit:
-            raise too_large(limit, "as sent")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            body = await _read_capped(request, limit)
+    except TimeoutError:
+        raise BodyError(
+            408, f"request body not received within {timeout:g} s (RELAY_BODY_TIMEOUT)"
+        ) from None
     encodings = [
         e.strip().lower()
         for e in request.headers.get("Content-Encoding", "").split(",")
@@ -48,6 +51,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     for encoding in reversed(encodings):
         body = decompress(body, encoding, limit)
     return body
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > limit:
+            raise too_large(limit, "as sent")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Final, Literal
@@ -45,6 +46,9 @@ RETRY_AFTER_SECONDS: Final = "5"
 # Bodies larger than this are normalized on a worker thread: about 30 ms of CPU (OTLP protobuf or
 # Otoroshi batches, measured), what one request may hold the loop for; less costs less inline.
 OFF_LOOP_BYTES: Final = 256 * 1024
+# One thread for them all: under the GIL a second one would not finish them sooner, and each large
+# body in the making holds several times its size in memory; the others wait their turn.
+_LARGE_BODIES: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-bodies")
 PROTOBUF_TYPES: Final = ("application/x-protobuf", "application/protobuf")
 ANY_TYPE: Final = "*"
 
@@ -130,7 +134,7 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
     if (refusal := intake.refusal()) is not None:
         raise Refused(503, refusal, RETRY_AFTER_SECONDS)
     try:
-        body = await read_body(request, intake.max_body_bytes)
+        body = await read_body(request, intake.max_body_bytes, intake.body_timeout)
     except BodyError as error:
         raise Refused(error.status, str(error)) from None
     received_ns, received_at = now()
@@ -140,7 +144,9 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
     try:
         # A large body takes CPU in proportion: off the loop that answers everyone else.
         result, bodies = (
-            await asyncio.to_thread(prepare) if len(body) > OFF_LOOP_BYTES else prepare()
+            await asyncio.get_running_loop().run_in_executor(_LARGE_BODIES, prepare)
+            if len(body) > OFF_LOOP_BYTES
+            else prepare()
         )
     except InputError as error:
         raise Refused(400, str(error)) from None
@@ -149,7 +155,12 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
             await intake.store(bodies, result.events)
         except IntakeFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
-        intake.metrics.observe_events(result.events)
+        if len(body) > OFF_LOOP_BYTES:  # counting 20,000 events takes a third of a second
+            await asyncio.get_running_loop().run_in_executor(
+                _LARGE_BODIES, intake.metrics.observe_events, result.events
+            )
+        else:
+            intake.metrics.observe_events(result.events)
     for reason, count in result.skipped.items():
         intake.metrics.items_skipped.labels(source.format, reason).inc(count)
     if result.rejected:
@@ -237,7 +248,13 @@ def _encoded(result: Normalized) -> list[bytes]:
 
 
 def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:
-    reason = {401: "unauthorized", 413: "too_large", 415: "unsupported", 503: "unavailable"}
+    reason = {
+        401: "unauthorized",
+        408: "timeout",
+        413: "too_large",
+        415: "unsupported",
+        503: "unavailable",
+    }
     request.app[INTAKE].metrics.items_rejected.labels(
         route, reason.get(refused.status, "malformed")
     ).inc()
@@ -295,22 +312,35 @@ def _otlp_answer(result: Normalized, is_proto: bool) -> web.Response:
 
 def _otlp_error(refused: Refused, is_proto: bool) -> web.Response:
     headers = {"Retry-After": refused.retry_after} if refused.retry_after else None
-    # google.rpc.Code: 3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, 14 UNAVAILABLE, 8 RESOURCE_EXHAUSTED
-    code = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}.get(refused.status, 2)
+    # google.rpc.Code: 3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, 14 UNAVAILABLE, 8 RESOURCE_EXHAUSTED,
+    # 4 DEADLINE_EXCEEDED
+    code = {400: 3, 401: 16, 408: 4, 413: 8, 415: 3, 503: 14}.get(refused.status, 2)
     if is_proto:
         status = Status(code=code, message=str(refused))
-        return web.Response(
+        return _closing_if_unread(
+            web.Response(
+                status=refused.status,
+                body=status.SerializeToString(),
+                content_type=PROTOBUF_TYPES[0],
+                headers=headers,
+            )
+        )
+    return _closing_if_unread(
+        web.Response(
             status=refused.status,
-            body=status.SerializeToString(),
-            content_type=PROTOBUF_TYPES[0],
+            body=orjson.dumps({"code": code, "message": str(refused)}),
+            content_type="application/json",
             headers=headers,
         )
-    return web.Response(
-        status=refused.status,
-        body=orjson.dumps({"code": code, "message": str(refused)}),
-        content_type="application/json",
-        headers=headers,
     )
+
+
+def _closing_if_unread(response: web.Response) -> web.Response:
+    """A body that did not arrive in time is not read to its end: the connection that was carrying
+    it closes with the answer rather than wait for the rest."""
+    if response.status == 408:
+        response.force_close()
+    return response
 
 
 # -- webhooks and native events ------------------------------------------------------------------
@@ -326,8 +356,10 @@ def webhook_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.R
         except Refused as refused:
             _count_refusal(request, ingress.name, refused)
             headers = {"Retry-After": refused.retry_after} if refused.retry_after else None
-            return web.json_response(
-                {"error": str(refused)}, status=refused.status, headers=headers, dumps=_dumps
+            return _closing_if_unread(
+                web.json_response(
+                    {"error": str(refused)}, status=refused.status, headers=headers, dumps=_dumps
+                )
             )
         body = {
             "accepted": len(result.events),

@@ -33,6 +33,10 @@ class Intake(Protocol):
         """The largest body taken, compressed or not."""
 
     @property
+    def body_timeout(self) -> float:
+        """Seconds the whole body may take to arrive after the request head."""
+
+    @property
     def content(self) -> ContentPolicy:
         """What to keep of prompts and completions."""
 

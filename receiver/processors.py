@@ -1,7 +1,8 @@
 """What happens to every event between its normalizer and the spool, whatever its input format.
 
 - the tenant of the ingest token is recorded;
-- credentials left in attributes are removed (normalizers remove the ones they know by name);
+- credentials left in attributes are removed (normalizers remove the ones they know by name), and
+  so are those under other names of a message or a part (what a message says is left as said);
 - the prompt/completion policy ``RELAY_CONTENT`` is applied: ``full`` keeps content, ``redact``
   drops it and keeps the metadata, ``hash`` replaces every text with its SHA-256 so equal prompts
   can still be matched without being readable.
@@ -75,6 +76,60 @@ def _hash_messages(messages: Iterable[Message]) -> list[Message]:
     return hashed
 
 
+# The event's fields that hold a name a sender chose. A normalizer may have had to write a
+# structure it was given there as text (its repr), credentials and all.
+_NAMES: Final = (
+    "operation",
+    "provider",
+    "upstream",
+    "request_model",
+    "response_model",
+    "user_id",
+    "session_id",
+)
+
+
+def _redact_names(event: LLMEvent) -> None:
+    for field in _NAMES:
+        value = event.get(field)
+        if isinstance(value, str):
+            event[field] = redact_text(value)
+    error = event.get("error")
+    if error:
+        for key in ("type", "message"):
+            if isinstance(error.get(key), str):
+                # Senders quote requests in their errors (an exception's text, a status message).
+                error[key] = redact_text(error[key])
+    if "finish_reasons" in event:
+        event["finish_reasons"] = [redact_text(reason) for reason in event["finish_reasons"]]
+
+
+def _scrub_messages(messages: Iterable[Message]) -> list[Message]:
+    """Messages without credentials beside what they say: a sender's extra keys on a message or a
+    part (``{"type": "text", "content": ..., "api_key": ...}``) are read as attributes are, names
+    and ids as names are; what a part says is left as said, unless it is a structure, whose
+    credential-named keys go."""
+    scrubbed: list[Message] = []
+    for message in messages:
+        parts = []
+        for part in message.get("parts", []):
+            said: dict[str, Any] = {k: part[k] for k in _PART_CONTENT if k in part}
+            structured = {k: v for k, v in said.items() if isinstance(v, dict | list)}
+            rest = {k: v for k, v in part.items() if k not in _PART_CONTENT}
+            parts.append({**_scrub_names(rest), **said, **scrub(structured)})
+        rest = _scrub_names({k: v for k, v in message.items() if k != "parts"})
+        scrubbed.append({**rest, "parts": parts})  # type: ignore[typeddict-item]
+    return scrubbed
+
+
+def _scrub_names(fields: dict[str, Any]) -> dict[str, Any]:
+    scrub(fields)
+    for key, value in fields.items():
+        if isinstance(value, str):
+            fields[key] = redact_text(value)
+    return fields
+
+
 def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) -> None:
     """Apply tenant, secret removal and content policy to events, in place."""
     for event in events:
@@ -82,10 +137,10 @@ def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) 
         attributes = event.get("attributes")
         if attributes:
             scrub(attributes)
-        error = event.get("error")
-        if error and isinstance(error.get("message"), str):
-            # Senders quote requests in their errors (an exception's text, a status message).
-            error["message"] = redact_text(error["message"])
+        for messages in ("input_messages", "output_messages"):
+            if messages in event:
+                event[messages] = _scrub_messages(event[messages])
+        _redact_names(event)
         if content == "full":
             continue
         if content == "redact":

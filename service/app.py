@@ -9,7 +9,6 @@ decompressed bytes as they come; aiohttp's own decompression would bypass it).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
 
 import structlog
 from aiohttp import web
@@ -24,8 +23,17 @@ from telemetry.metrics import Metrics
 log = structlog.get_logger("relay.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Passed to every connection's request handler (aiohttp's ``handler_args``).
-SERVER_SETTINGS: Final = {"auto_decompress": False}
+
+
+def server_settings(config: RelayConfig) -> dict[str, object]:
+    """What every connection's request handler is given (aiohttp's ``handler_args``).
+
+    aiohttp's keep-alive timer runs from the moment a connection opens and from each answer, and
+    closes the connection if no whole request head has arrived by then: it is the header-read
+    timeout as well as the idle timeout (aiohttp 3.14 has no separate one), and without it a
+    connection that never finishes its head is held for an hour.
+    """
+    return {"auto_decompress": False, "keepalive_timeout": config.header_timeout}
 
 
 @web.middleware
@@ -51,7 +59,7 @@ def create_app(
     config: RelayConfig, metrics: Metrics | None = None, worker: int = 0
 ) -> web.Application:
     relay = Relay(config, metrics, worker)
-    app = web.Application(middlewares=[count_requests], handler_args=SERVER_SETTINGS)
+    app = web.Application(middlewares=[count_requests], handler_args=server_settings(config))
     app[RELAY] = relay
     app[INTAKE] = relay
 

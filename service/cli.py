@@ -8,6 +8,7 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -94,6 +95,23 @@ def _run_worker(config: RelayConfig, worker: int) -> int:
     return 0
 
 
+def _raise_open_file_limit() -> int:
+    """The soft limit on open files raised to the hard one (as Go's runtime does at start).
+
+    Every connection is a file descriptor; the common soft limit of 1,024 lets about a thousand
+    slow clients keep everyone else out, while the hard limit is usually far higher. Workers
+    inherit the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
 def _check_can_listen(config: RelayConfig) -> str | None:
     """Why the relay cannot listen on its port, found before anything is opened."""
     try:
@@ -131,6 +149,7 @@ def _serve_locked(config: RelayConfig) -> int:
         print(f"llm-broadcast-relay: {problem}", file=sys.stderr)
         return 2
     log.info("config", **config.describe())
+    log.info("open_file_limit", limit=_raise_open_file_limit())
     if not config.ingest_tokens:
         log.warning("ingest_open", message="RELAY_INGEST_TOKENS is unset: anyone can send events")
     if config.workers == 1:

@@ -37,6 +37,11 @@ class RelayConfig:
     port: int = 4318
     data_dir: Path = Path("data")
     max_body_bytes: int = 20 * 1024 * 1024
+    # A connection must send a whole request head this long after it opens or after its last
+    # answer (an idle keep-alive connection closes then too); a body must arrive this long after
+    # its head. Without them a slow client holds a connection, and a file descriptor, for ever.
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
     spool_max_bytes: int = 1024 * 1024 * 1024
     content: ContentPolicy = "full"
     # token -> tenant (None when the token carries no tenant)
@@ -53,6 +58,8 @@ class RelayConfig:
             "port": self.port,
             "data_dir": str(self.data_dir),
             "max_body_bytes": self.max_body_bytes,
+            "header_timeout": self.header_timeout,
+            "body_timeout": self.body_timeout,
             "spool_max_bytes": self.spool_max_bytes,
             "content": self.content,
             "ingest_tokens": [
@@ -132,6 +139,8 @@ def _load(env: EnvReader) -> RelayConfig:
         port=env.integer("RELAY_PORT", DEFAULTS.port, 0, 65535),
         data_dir=data_dir,
         max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", DEFAULTS.max_body_bytes, 1024),
+        header_timeout=env.number("RELAY_HEADER_TIMEOUT", DEFAULTS.header_timeout, 0.1, 3600.0),
+        body_timeout=env.number("RELAY_BODY_TIMEOUT", DEFAULTS.body_timeout, 0.1, 3600.0),
         spool_max_bytes=env.integer(
             "RELAY_SPOOL_MAX_BYTES", DEFAULTS.spool_max_bytes, MIN_SPOOL_BYTES
         ),

@@ -108,6 +108,10 @@ class Relay:
         return self.config.max_body_bytes
 
     @property
+    def body_timeout(self) -> float:
+        return self.config.body_timeout
+
+    @property
     def content(self) -> ContentPolicy:
         return self.config.content
 

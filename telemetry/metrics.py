@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -43,6 +44,7 @@ DEAD_LETTER_REASONS: Final = (
 # ``receiver.ingest`` refuses a request or an item for these.
 INGEST_REJECTION_REASONS: Final = (
     "unauthorized",
+    "timeout",
     "too_large",
     "unsupported",
     "malformed",
@@ -85,21 +87,24 @@ class _LabelBudget:
     """The values one sender-chosen label has taken, up to a maximum: 20,000 model names must not
     become 480,000 series (a scrape of 60 MB, longer than Prometheus waits)."""
 
-    __slots__ = ("_limit", "_seen", "folded")
+    __slots__ = ("_limit", "_lock", "_seen", "folded")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: set[str] = set()
         self.folded = 0
+        # Large requests are counted on a worker thread (receiver.ingest), the rest on the loop.
+        self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
-        if len(self._seen) < self._limit:
-            self._seen.add(value)
-            return value
-        self.folded += 1
-        return FOLDED
+        with self._lock:
+            if value in self._seen or len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+            self.folded += 1
+            return FOLDED
 
 
 def share_between_workers(directory: Path) -> None:

@@ -175,7 +175,9 @@ def call_operation(call_type: Any) -> str | None:
 
 
 def _operation(call_type: Any) -> str:
-    return call_operation(call_type) or str(call_type or "").removeprefix("litellm.") or "chat"
+    if not isinstance(call_type, str):
+        return "chat"  # LiteLLM always writes a text here: anything else says nothing
+    return call_operation(call_type) or call_type.removeprefix("litellm.") or "chat"
 
 
 def _models(event: LLMEvent, item: dict[str, Any], hidden: dict[str, Any], api_base: Any) -> None:

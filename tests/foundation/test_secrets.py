@@ -73,3 +73,18 @@ def test_redact_text_masks_credentials_in_messages() -> None:
     for secret in ("s3cr3tpass", "zzz9", "abcdefghij"):
         assert secret not in redacted
     assert redacted.startswith("401 for https://")
+
+
+def test_redact_text_masks_credential_named_pairs_in_a_written_structure() -> None:
+    """A structure a sender gave where a name was expected arrives as its repr or JSON text."""
+    text = str({"model": "m", "nested": {"authToken": "tok-1", "x-auth": "tok-2"}})
+    text += ' {"aws_secret_access_key": "tok-3", "cache_key": "k-1"}'
+    redacted = redact_text(text)
+    for secret in ("tok-1", "tok-2", "tok-3"):
+        assert secret not in redacted
+    assert "'model': 'm'" in redacted and '"cache_key": "k-1"' in redacted
+
+
+@pytest.mark.parametrize("text", ["gpt-4o", "chat", "anthropic/claude-3.5-sonnet", ""])
+def test_redact_text_leaves_plain_names_alone(text: str) -> None:
+    assert redact_text(text) == text

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
 import urllib3
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.ports import free_port
 
@@ -24,8 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 class RelayProcess:
     """Start, wait until ready, talk to, and stop (gracefully or with ``kill -9``) a relay."""
 
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: Mapping[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        # Run in the child before the relay starts (e.g. a lower limit on open files).
+        self.preexec = preexec
         self.port = free_port()
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,6 +71,7 @@ class RelayProcess:
             env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -100,6 +109,16 @@ class RelayProcess:
 
     def get_json(self, path: str) -> Any:
         return orjson.loads(self.request("GET", path).data)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``, scraped now."""
+        text = self.request("GET", "/metrics").data.decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def events(self) -> list[dict[str, Any]]:
         """The file sink's events so far (a partial last line is still being written)."""

@@ -43,7 +43,7 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
 async def echo(request: web.Request) -> web.Response:
     """The body as ``read_body`` gives it, or the ``BodyError`` as the HTTP answer it names."""
     try:
-        body = await read_body(request, LIMIT)
+        body = await read_body(request, LIMIT, 5.0)
     except BodyError as error:
         return web.Response(status=error.status, text=str(error))
     return web.Response(body=body)
@@ -165,10 +165,10 @@ async def test_a_declared_content_length_over_the_cap_is_413_before_reading() ->
     # No body follows the header: only the declared length can refuse the request.
     request = make_mocked_request("POST", "/", headers={"Content-Length": str(LIMIT + 1)})
     with pytest.raises(BodyError) as refused:
-        await read_body(request, LIMIT)
+        await read_body(request, LIMIT, 5.0)
     assert (refused.value.status, str(refused.value)) == (413, as_sent_message(LIMIT).decode())
     request = make_mocked_request("POST", "/", headers={"Content-Length": str(LIMIT)})
-    assert await read_body(request, LIMIT) == b""
+    assert await read_body(request, LIMIT, 5.0) == b""
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])

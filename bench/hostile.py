@@ -10,7 +10,7 @@ until the next item would pass ``target`` bytes, the size just under ``RELAY_MAX
   embedding, tool call);
 - ``litellm-v1``: the legacy payload, whose values are Python reprs the relay parses with
   ``ast``; each item's ``messages`` and ``response`` reprs are made just under the normalizer's
-  1,000,000-character limit (or an eighth of the cap, when it is small) and built of many small
+  128 KiB limit (MAX_REPR_CHARS) (or an eighth of the cap, when it is small) and built of many small
   messages and choices, the most syntax nodes per byte a sender can make the relay parse;
 - ``native``: LLMEvents in the relay's own schema (each validated with the JSON Schema);
 - ``otlp-proto+gzip``: the protobuf body gzip-compressed (what a Collector sends), expanding to
@@ -33,11 +33,12 @@ import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.payloads import FIXTURES, build
+from receiver.normalizers.litellm_v1 import MAX_REPR_CHARS
 
 # How far under the cap a body stays: "just under", whatever the item sizes.
 SLACK_BYTES: Final = 1024
-# litellm_v1's _MAX_REPR_CHARS is 1,000,000: a longer repr is kept as text, not parsed.
-V1_REPR_CHARS_MAX: Final = 990_000
+# A longer repr is kept as text, not parsed: the costliest body has reprs just under the limit.
+V1_REPR_CHARS_MAX: Final = MAX_REPR_CHARS - 1024
 
 
 @dataclass(frozen=True, slots=True)

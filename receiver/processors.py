@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any, Final, Literal, get_args
 
-from foundation.secrets import redact_text, scrub
+from foundation.secrets import is_secret_key, might_hold_secret, redact_text, scrub, scrub_value
 from schemas import LLMEvent, Message
 
 ContentPolicy = Literal["full", "redact", "hash"]
@@ -92,7 +92,7 @@ _NAMES: Final = (
 def _redact_names(event: LLMEvent) -> None:
     for field in _NAMES:
         value = event.get(field)
-        if isinstance(value, str):
+        if type(value) is str and might_hold_secret(value):
             event[field] = redact_text(value)
     error = event.get("error")
     if error:
@@ -100,34 +100,49 @@ def _redact_names(event: LLMEvent) -> None:
             if isinstance(error.get(key), str):
                 # Senders quote requests in their errors (an exception's text, a status message).
                 error[key] = redact_text(error[key])
-    if "finish_reasons" in event:
-        event["finish_reasons"] = [redact_text(reason) for reason in event["finish_reasons"]]
+    reasons = event.get("finish_reasons")
+    if reasons and not _PLAIN_VALUES.issuperset(reasons):
+        event["finish_reasons"] = [redact_text(reason) for reason in reasons]
 
 
-def _scrub_messages(messages: Iterable[Message]) -> list[Message]:
-    """Messages without credentials beside what they say: a sender's extra keys on a message or a
+# Keys of a message or a part that name nothing secret; every other one is read as an attribute.
+_PLAIN_KEYS: Final = frozenset({"role", "name", "finish_reason", "type", "id"})
+# Their usual values, which need no closer look: roles, part types, finish reasons.
+_PLAIN_VALUES: Final = frozenset(
+    {"user", "assistant", "system", "developer", "tool", "text", "reasoning", "tool_call"}
+    | {"tool_call_response", "stop", "length", "tool_calls", "content_filter", "end_turn", ""}
+)
+
+
+def _scrub_messages(messages: Iterable[Message]) -> None:
+    """Credentials beside what messages say, in place: a sender's extra keys on a message or a
     part (``{"type": "text", "content": ..., "api_key": ...}``) are read as attributes are, names
-    and ids as names are; what a part says is left as said, unless it is a structure, whose
+    and ids as names are. What a part says is left as said, unless it is a structure, whose
     credential-named keys go."""
-    scrubbed: list[Message] = []
     for message in messages:
-        parts = []
-        for part in message.get("parts", []):
-            said: dict[str, Any] = {k: part[k] for k in _PART_CONTENT if k in part}
-            structured = {k: v for k, v in said.items() if isinstance(v, dict | list)}
-            rest = {k: v for k, v in part.items() if k not in _PART_CONTENT}
-            parts.append({**_scrub_names(rest), **said, **scrub(structured)})
-        rest = _scrub_names({k: v for k, v in message.items() if k != "parts"})
-        scrubbed.append({**rest, "parts": parts})  # type: ignore[typeddict-item]
-    return scrubbed
+        _scrub_fields(message)  # type: ignore[arg-type]
+        for part in message.get("parts", ()):
+            _scrub_fields(part)
 
 
-def _scrub_names(fields: dict[str, Any]) -> dict[str, Any]:
-    scrub(fields)
+def _scrub_fields(fields: dict[str, Any]) -> None:
+    doomed = []
     for key, value in fields.items():
-        if isinstance(value, str):
-            fields[key] = redact_text(value)
-    return fields
+        kind = type(value)
+        if key == "parts":
+            continue
+        if key in _PART_CONTENT:
+            if kind is dict or kind is list:
+                fields[key] = scrub_value(value)
+        elif key not in _PLAIN_KEYS and is_secret_key(key):
+            doomed.append(key)
+        elif kind is str:
+            if value not in _PLAIN_VALUES and might_hold_secret(value):
+                fields[key] = redact_text(value)
+        elif kind is dict or kind is list:
+            fields[key] = scrub_value(value)
+    for key in doomed:
+        del fields[key]
 
 
 def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) -> None:
@@ -139,7 +154,7 @@ def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) 
             scrub(attributes)
         for messages in ("input_messages", "output_messages"):
             if messages in event:
-                event[messages] = _scrub_messages(event[messages])
+                _scrub_messages(event[messages])
         _redact_names(event)
         if content == "full":
             continue

@@ -1,21 +1,61 @@
-"""Structured JSON logs (structlog): one line per notable event, never a secret."""
+"""Structured JSON logs (structlog): one line per notable event, never a secret.
+
+The libraries' own log records (aiohttp's "Error handling request" for a malformed request, for
+one) go through the same renderer: one JSON line each, an exception reduced to its type and its
+message with credentials masked, since a parser's message quotes the bytes it was sent.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Final
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from foundation.secrets import redact_text
+
+_MAX_ERROR_MESSAGE: Final = 500
+
+
+def _exception_in_one_line(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    exc_info = event.pop("exc_info", None)
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, tuple) and exc_info[1] is not None:
+        error = exc_info[1]
+        event["error"] = type(error).__name__
+        event["error_message"] = redact_text(str(error))[:_MAX_ERROR_MESSAGE]
+    return event
 
 
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                _exception_in_one_line,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],

@@ -9,7 +9,7 @@ missing value as the string ``"None"``. ``current_shape`` turns it into the curr
 Reprs are read with ``ast.parse`` and a walk that only ever builds data (nothing is evaluated):
 literals stay literals, an object's constructor repr becomes a dict of its keyword fields, and
 anything else (a bare name, an arithmetic expression, ``datetime.datetime(2025, 1, 24)``) is None.
-A repr longer than ``_MAX_REPR_CHARS`` stays the text it is: ``ast.parse`` holds the GIL for the
+A repr longer than ``MAX_REPR_CHARS`` stays the text it is: ``ast.parse`` holds the GIL for the
 whole parse, about 0.6 ms per KiB, and the event loop that answers every sender waits meanwhile.
 
 What v1 carries beyond its own fields sits in ``metadata['hidden_params']`` (LiteLLM's call id,
@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from receiver.normalizers.common import as_dict
 
-_MAX_REPR_CHARS: Final = 128 * 1024
+MAX_REPR_CHARS: Final = 128 * 1024
 _NONE_STRINGS: Final = ("None", "")
 _CONTAINERS: Final = (ast.Dict, ast.List, ast.Tuple, ast.Set, ast.Call)
 
@@ -79,7 +79,7 @@ def identity(item: dict[str, Any]) -> tuple[str, ...]:
 
 def read_repr(value: Any) -> Any:
     """A Python repr back into data (see the module docstring); other values unchanged."""
-    if not isinstance(value, str) or len(value) > _MAX_REPR_CHARS:
+    if not isinstance(value, str) or len(value) > MAX_REPR_CHARS:
         return value
     if value in _NONE_STRINGS:
         return None

@@ -8,8 +8,9 @@ does not validate is rejected with the validator's own message, which names the 
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Final, cast
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
@@ -23,25 +24,14 @@ FORMAT: Final[SourceFormat] = "native"
 _MAX_REASON = 300
 
 
-def _inlined(node: Any, definitions: dict[str, Any]) -> Any:
-    """The schema with its local ``$ref``s replaced by their targets.
-
-    Same verdicts and messages, but validation runs about half again as fast without a reference
-    lookup for every field of every event.
-    """
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
-            return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
-        return {key: _inlined(value, definitions) for key, value in node.items() if key != "$defs"}
-    if isinstance(node, list):
-        return [_inlined(item, definitions) for item in node]
-    return node
-
-
 # Built once, at import: compiling the schema costs far more than validating an event with it.
+# The verdict comes from jsonschema-rs, about 80 times faster than jsonschema on a full event (6
+# against 500 µs, measured: a 20 MiB body took 15 s of CPU); a refusal's reason from jsonschema,
+# whose ``best_match`` names the field that matters. Where the two disagree jsonschema decides:
+# an event it finds valid is kept.
 _SCHEMA: Final = json_schema()
-_VALIDATOR: Final = Draft202012Validator(_inlined(_SCHEMA, _SCHEMA.get("$defs", {})))
+_VERDICT: Final = jsonschema_rs.validator_for(_SCHEMA)
+_REASONS: Final = Draft202012Validator(_SCHEMA)
 
 
 def normalize(body: bytes, ctx: IngestContext) -> Normalized:
@@ -58,8 +48,7 @@ def normalize(body: bytes, ctx: IngestContext) -> Normalized:
         item.setdefault("received_at", ctx.received_at)
         if isinstance(item.get("source"), dict):
             item["source"].setdefault("format", FORMAT)
-        errors = list(_VALIDATOR.iter_errors(item))
-        if errors:
+        if not _VERDICT.is_valid(item) and (errors := list(_REASONS.iter_errors(item))):
             result.reject(label, _reason(errors))
             continue
         if isinstance(item.get("attributes"), dict):

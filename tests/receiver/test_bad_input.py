@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gzip
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 
 import orjson
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import fixture_json
 from tests.helpers.relay import RelayProcess
+from tests.helpers.waiting import wait_until
 
 TOKEN = "s3cret-ingest-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -196,7 +198,6 @@ def test_valid_token_tags_events_with_its_tenant_and_never_logs_it(relay: RelayP
         }
     )
     assert relay.request("POST", "/v1/traces", body, JSON).status == 200
-    from tests.helpers.waiting import wait_until
 
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert event["source"]["tenant"] == "acme"
@@ -241,8 +242,6 @@ def test_absurd_numbers_are_left_out_not_a_server_error(
     response = relay.request("POST", "/v1/traces", body, JSON)
     assert response.status == 200, response.data
     assert orjson.loads(response.data) == {}  # no partial success: the span was taken
-
-    from tests.helpers.waiting import wait_until
 
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert "input_tokens" not in event["usage"]
@@ -326,8 +325,6 @@ def test_array_and_kvlist_values_given_as_bare_lists_are_read(relay: RelayProces
     response = relay.request("POST", "/v1/traces", otlp_json_span(trace_id, attributes), JSON)
     assert response.status == 200, response.data
 
-    from tests.helpers.waiting import wait_until
-
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert event["attributes"]["app.tags"] == ["a", 2]
     assert event["attributes"]["app.meta"] == {"k": True}
@@ -371,8 +368,6 @@ def test_planted_secrets_reach_no_output(relay: RelayProcess) -> None:
     answer = relay.request("POST", "/v1/traces", body, JSON)
     assert answer.status == 200, answer.data
 
-    from tests.helpers.waiting import wait_until
-
     (event,) = wait_until(lambda: [e for e in relay.events() if e["trace_id"] == trace_id])
     assert event["status"] == "error"
     outputs = [
@@ -386,3 +381,25 @@ def test_planted_secrets_reach_no_output(relay: RelayProcess) -> None:
     planted.append("planted-eight")
     for secret in planted:
         assert not any(secret in output for output in outputs), secret
+
+
+def test_a_malformed_http_request_is_logged_as_one_json_line_without_its_bytes(
+    relay: RelayProcess,
+) -> None:
+    """aiohttp's own complaint about a request it cannot parse is a JSON line like every other,
+    without a traceback, and without the credential the request carried."""
+    secret = "Bearer planted-malformed-" + os.urandom(6).hex()
+    request = (
+        b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: {secret}\r\nContent-Length: {secret}\r\n\r\n".encode()
+    )
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as conn:
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.0 400")
+    lines = wait_until(
+        lambda: [line for line in relay.log().splitlines() if "Error handling request" in line]
+    )
+    for line in relay.log().splitlines():
+        assert isinstance(orjson.loads(line), dict), line
+    assert "BadHttpMessage" in lines[-1]
+    assert secret.split()[1] not in relay.log()

@@ -1,10 +1,11 @@
 """Fuzzing every route and encoding of a running relay with hostile bodies that carry planted
 secrets (``tests/helpers/fuzz.py``).
 
-Asserted for every body: no 5xx, and no planted secret in the answer. Then, once everything
-accepted has been delivered or dead-lettered: every event the file sink wrote holds the schema,
-and no planted secret is anywhere a user or an operator can read: the file sink, what the OTLP
-peer received, the dead letters, the spool's files, the log, ``/metrics`` and ``/v1/status``.
+Asserted for every body: no 5xx, and every answer counted in ``relay_http_requests_total``.
+Then, once everything accepted has been delivered or dead-lettered: every event the file sink
+wrote holds the schema, and no planted secret is anywhere a user or an operator can read: the
+answers, the file sink, what the OTLP peer received, the dead letters, the spool's files, the log,
+``/metrics`` and ``/v1/status``.
 
 The default run is short (``FUZZ_EXAMPLES``, 150 bodies); ``make fuzz`` runs thousands.
 """
@@ -26,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from schemas.llm_event import json_schema
-from tests.helpers.fuzz import Planted, any_body
+from tests.helpers.fuzz import FIXTURE_BODIES, Planted, any_body
 from tests.helpers.ports import free_port
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import wait_until
@@ -109,8 +110,10 @@ def test_hostile_bodies_get_no_5xx_and_leak_no_secret(relay: RelayProcess) -> No
         planted.extend(body.secrets)
         answers.append(answer.data)
 
+    answered_before = _ingest_answers_counted(relay)
     post()
     assert relay.running, relay.log()[-4000:]
+    assert _ingest_answers_counted(relay) - answered_before == len(answers), "answers uncounted"
     _wait_until_every_sink_is_done(relay)
     outputs = {
         "answers": b"\n".join(answers),
@@ -152,6 +155,11 @@ def _paths(value: Any, secret: str, path: str = "") -> Iterator[str]:
             yield from _paths(item, secret, f"{path}[{index}]")
     elif isinstance(value, str) and secret in value:
         yield path
+
+
+def _ingest_answers_counted(relay: RelayProcess) -> float:
+    routes = ("/v1/traces", *FIXTURE_BODIES)
+    return sum(relay.metric("relay_http_requests_total", route=route) for route in routes)
 
 
 def _wait_until_every_sink_is_done(relay: RelayProcess) -> None:

@@ -155,10 +155,10 @@ async def _accept(request: web.Request, route: str, source: Input) -> Normalized
             await intake.store(bodies, result.events)
         except IntakeFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
-        if len(body) > OFF_LOOP_BYTES:  # counting 20,000 events takes a third of a second
-            await asyncio.get_running_loop().run_in_executor(
-                _LARGE_BODIES, intake.metrics.observe_events, result.events
-            )
+        if len(body) > OFF_LOOP_BYTES:
+            # Counting 20,000 events takes a third of a second: off the loop, but not behind the
+            # large bodies waiting for their turn, since this one is stored and awaits its answer.
+            await asyncio.to_thread(intake.metrics.observe_events, result.events)
         else:
             intake.metrics.observe_events(result.events)
     for reason, count in result.skipped.items():

@@ -100,6 +100,12 @@ def _redact_names(event: LLMEvent) -> None:
             if isinstance(error.get(key), str):
                 # Senders quote requests in their errors (an exception's text, a status message).
                 error[key] = redact_text(error[key])
+    source = event["source"]
+    if might_hold_secret(source["gateway"]):
+        source["gateway"] = redact_text(source["gateway"])
+    api_key = event.get("api_key")
+    if api_key and isinstance(api_key.get("name"), str):
+        api_key["name"] = redact_text(api_key["name"])
     reasons = event.get("finish_reasons")
     if reasons and not _PLAIN_VALUES.issuperset(reasons):
         event["finish_reasons"] = [redact_text(reason) for reason in reasons]

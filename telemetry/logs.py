@@ -20,6 +20,8 @@ _MAX_ERROR_MESSAGE: Final = 500
 
 
 def _exception_in_one_line(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    if isinstance(event.get("event"), str):
+        event["event"] = redact_text(event["event"])[:_MAX_ERROR_MESSAGE]
     exc_info = event.pop("exc_info", None)
     if exc_info is True:
         exc_info = sys.exc_info()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -29,6 +28,7 @@ from prometheus_client import (
 
 from foundation.memo import Memo
 from schemas import LLMEvent
+from telemetry.label_budget import ERROR_TYPES_MAX, LABEL_VALUES_MAX, LabelBudget
 
 # No ``*_created`` series: nothing here reads them (Prometheus only does with created-timestamp
 # ingestion switched on), and they are one series more for every counter's and histogram's label
@@ -65,13 +65,6 @@ INGEST_REJECTION_REASONS: Final = (
     "invalid_item",
 )
 
-# Distinct values a sender-chosen label may take (per worker); later ones are booked as ``other``
-# and counted in relay_metric_label_values_folded_total. Models are many, the rest few. Each model
-# brings about 30 series (two histograms): 100 of them keep /metrics near 400 KB and a scrape near
-# a tenth of a second (`make bench`); every event still has its model in the sinks.
-LABEL_VALUES_MAX: Final = {"model": 100, "gateway": 50, "provider": 50, "upstream": 50}
-ERROR_TYPES_MAX: Final = 50
-FOLDED: Final = "other"
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Label sets remembered per metric (see _Children).
@@ -96,30 +89,6 @@ class _Children(Generic[_Metric]):
         if child is None:
             child = self._known.put(key, self._metric.labels(*key))
         return child
-
-
-class _LabelBudget:
-    """The values one sender-chosen label has taken, up to a maximum: 20,000 model names must not
-    become 480,000 series (a scrape of 60 MB, longer than Prometheus waits)."""
-
-    __slots__ = ("_limit", "_lock", "_seen", "folded")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-        self.folded = 0
-        # Large requests are counted on a worker thread (receiver.ingest), the rest on the loop.
-        self._lock = threading.Lock()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        with self._lock:
-            if value in self._seen or len(self._seen) < self._limit:
-                self._seen.add(value)
-                return value
-            self.folded += 1
-            return FOLDED
 
 
 def share_between_workers(directory: Path) -> None:
@@ -289,8 +258,8 @@ class Metrics:
             ("label",),
             registry=r,
         )
-        self._budgets = {name: _LabelBudget(limit) for name, limit in LABEL_VALUES_MAX.items()}
-        self._budgets["error_type"] = _LabelBudget(ERROR_TYPES_MAX)
+        self._budgets = {name: LabelBudget(limit) for name, limit in LABEL_VALUES_MAX.items()}
+        self._budgets["error_type"] = LabelBudget(ERROR_TYPES_MAX)
         for name in self._budgets:
             self.labels_folded.labels(name)
         self._http = _Children(self.http_requests)
@@ -383,9 +352,8 @@ class Metrics:
                 for value in seconds:
                     child.observe(value)
         for name, budget in self._budgets.items():
-            if budget.folded:
-                self.labels_folded.labels(name).inc(budget.folded)
-                budget.folded = 0
+            if folded := budget.take_folded():
+                self.labels_folded.labels(name).inc(folded)
 
     def _llm_labels(self, event: LLMEvent) -> tuple[str, str, str, str]:
         budgets = self._budgets

@@ -25,6 +25,7 @@ import ast
 import math
 from typing import Any, Final
 
+from foundation.secrets import redact_text
 from receiver.normalizers.common import as_dict
 
 MAX_REPR_CHARS: Final = 128 * 1024
@@ -79,8 +80,11 @@ def identity(item: dict[str, Any]) -> tuple[str, ...]:
 
 def read_repr(value: Any) -> Any:
     """A Python repr back into data (see the module docstring); other values unchanged."""
-    if not isinstance(value, str) or len(value) > MAX_REPR_CHARS:
+    if not isinstance(value, str):
         return value
+    if len(value) > MAX_REPR_CHARS:
+        # Kept as the text it is, credentials masked as in any text that quotes a structure.
+        return redact_text(value)
     if value in _NONE_STRINGS:
         return None
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from foundation.secrets import MASK, is_secret_key, redact_text, scrub
@@ -88,3 +90,45 @@ def test_redact_text_masks_credential_named_pairs_in_a_written_structure() -> No
 @pytest.mark.parametrize("text", ["gpt-4o", "chat", "anthropic/claude-3.5-sonnet", ""])
 def test_redact_text_leaves_plain_names_alone(text: str) -> None:
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("400, message: b'Cookie: session=tok-cookie\\x01'", "tok-cookie"),
+        ("Authorization: Token tok-header", "tok-header"),
+        ("login failed, password: tok-word", "tok-word"),
+        ("Baſic dXNlcjpwYXNzd29yZA", "dXNlcjpwYXNzd29yZA"),
+    ],
+)
+def test_redact_text_masks_named_values_as_logs_and_headers_write_them(
+    text: str, secret: str
+) -> None:
+    assert secret not in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["Content-Type: application/json", "model: gpt-4o", "openai/gpt-4o:free"]
+)
+def test_redact_text_leaves_other_named_values_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a." * 100_000 + ":",
+        "'a':'" * 40_000,
+        "token " * 30_000,
+        "sk-" * 60_000,
+        "a:" * 100_000,
+        "x=" * 100_000,
+        "Bearer " * 30_000,
+    ],
+)
+def test_redact_text_takes_time_in_proportion_to_the_text(text: str) -> None:
+    """200 KB of the worst text for each pattern: a pattern that backtracks over the whole text
+    from every position (``a.a.a.…:`` took 10 s for 40 KB) would hold the relay for minutes."""
+    started = time.process_time()
+    redact_text(text)
+    assert time.process_time() - started < 1.0

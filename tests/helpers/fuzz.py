@@ -360,6 +360,15 @@ def webhook_bodies(draw: st.DrawFn) -> Planted:
         target = dicts[draw(st.integers(0, len(dicts) - 1))]
         key, value = draw(planted_value(planted))
         target[key] = value
+    if path == "/v1/events":
+        # Names a native sender chooses: a key's name, the gateway.
+        for item in body if isinstance(body, list) else [body]:
+            if isinstance(item, dict) and draw(st.booleans()):
+                item["api_key"] = {"name": str({"api_key": _planted(planted)})}
+            if isinstance(item, dict) and isinstance(item.get("source"), dict):
+                item["source"]["gateway"] = draw(st.sampled_from(("Bearer ", "sk-"))) + _planted(
+                    planted
+                )
     error = {"message": f"provider said: invalid api_key={_planted(planted)}"}
     for item in body if isinstance(body, list) else [body]:
         if isinstance(item, dict) and draw(st.booleans()):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+import urllib3
 import zstandard
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -26,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from receiver.ingest import OFF_LOOP_BYTES
 from schemas import json_schema
 from tests.conftest import fixture_json
-from tests.helpers.payloads import otlp_span
+from tests.helpers.payloads import otlp_json_spans, otlp_span
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import at_least, wait_until
 
@@ -377,3 +380,41 @@ def test_a_body_normalized_off_the_event_loop_is_stored_whole(relay: RelayProces
     wait_until(
         lambda: wanted <= {e["span_id"] for e in relay.events()}, message="every span stored"
     )
+
+
+def test_a_heavy_body_leaves_livez_answering_within_a_probe_timeout(relay: RelayProcess) -> None:
+    """While a 4 MiB batch is read, normalized, stored and counted, ``/livez`` keeps answering
+    within a Kubernetes liveness probe's default timeout (one second): a heavy request from one
+    sender must not get the relay restarted, nor hold every other sender's requests."""
+    body = otlp_json_spans(14_000)
+    assert len(body) > 4 * 1024 * 1024 > OFF_LOOP_BYTES
+    probes: list[float] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        http = urllib3.PoolManager(retries=False)
+        while not done.is_set() and len(probes) < 10_000:
+            started = time.monotonic()
+            try:
+                status = http.request("GET", relay.url + "/livez", timeout=1.0).status
+            except urllib3.exceptions.HTTPError as error:
+                failures.append(type(error).__name__)
+                continue
+            probes.append(time.monotonic() - started)
+            if status != 200:
+                failures.append(str(status))
+            done.wait(0.02)  # a probe every 20 ms, as a poller's interval
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        answer = relay.request(
+            "POST", "/v1/traces", body, {"Content-Type": "application/json"}, timeout=60
+        )
+    finally:
+        done.set()
+        prober.join()
+    assert answer.status == 200, answer.data[:300]
+    assert not failures, failures
+    assert len(probes) >= 10, "the request was too quick to show anything"

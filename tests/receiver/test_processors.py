@@ -61,3 +61,12 @@ def test_a_structure_written_where_a_name_was_expected_loses_its_credentials() -
     )
     assert "tok-op" not in str(event)
     assert MASK in event["operation"] and event["request_model"] == "gpt-4o"
+
+
+def test_a_key_name_and_a_gateway_that_carry_a_credential_are_masked() -> None:
+    event = processed(api_key={"name": str({"api_key": "tok-key-name"})})
+    event_source: Any = native_event("gateway")
+    event_source["source"]["gateway"] = "Bearer tok-gateway-1234"
+    process([event_source], None, "full")
+    assert "tok-key-name" not in str(event["api_key"])
+    assert "tok-gateway" not in event_source["source"]["gateway"]

@@ -9,7 +9,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import LLMEvent
-from telemetry.metrics import FOLDED, LABEL_VALUES_MAX, Metrics
+from telemetry.label_budget import FOLDED, LABEL_VALUES_MAX
+from telemetry.metrics import Metrics
 
 
 def event(model: str, error_type: str | None = None) -> LLMEvent:

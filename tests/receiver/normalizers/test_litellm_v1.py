@@ -15,7 +15,7 @@ import pytest
 from receiver.normalizers.base import Normalized
 from receiver.normalizers.common import stable_id
 from receiver.normalizers.litellm import normalize
-from receiver.normalizers.litellm_v1 import read_repr
+from receiver.normalizers.litellm_v1 import MAX_REPR_CHARS, read_repr
 from tests.conftest import fixture_json
 from tests.receiver.normalizers.conftest import CTX, assert_clean, bodies, checked
 
@@ -237,3 +237,13 @@ def test_legacy_v1_reprs_are_read() -> None:
     assert event["user_id"] == "end-user-7"
     assert event["api_key"] == {"name": "ops", "hash": "sha256:" + KEY_HASH[:16]}
     assert event["attributes"]["gateway.cache_hit"] is True
+
+
+def test_a_repr_too_long_to_parse_stays_text_without_its_credentials() -> None:
+    """Past MAX_REPR_CHARS a repr is not parsed (it would hold the relay): it is kept as the text
+    it is, and the structure it quotes still loses its credentials."""
+    long_text = "x" * (MAX_REPR_CHARS + 1)
+    written = str([{"role": "user", "content": long_text, "api_key": "tok-too-long"}])
+    kept = read_repr(written)
+    assert isinstance(kept, str) and long_text in kept
+    assert "tok-too-long" not in kept

@@ -11,9 +11,15 @@ PHOENIX_VENV := .venv-phoenix
 
 .PHONY: run test lint typecheck unit oracle fuzz bench clean
 
-$(BIN)/.installed: pyproject.toml
+# What running needs, and nothing else: `make run` on a fresh machine installs only this.
+$(BIN)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The tests, the benchmark and the real senders the conformance suite drives.
+$(BIN)/.installed: $(BIN)/.runtime
 	$(BIN)/pip install --quiet -e '.[test,bench,conformance]'
 	touch $@
 
@@ -28,7 +34,7 @@ $(PHOENIX_VENV)/.installed:
 	$(PHOENIX_VENV)/bin/pip install --quiet 'arize-phoenix>=20,<21'
 	touch $@
 
-run: $(BIN)/.installed
+run: $(BIN)/.runtime
 	$(BIN)/llm-broadcast-relay serve
 
 lint: $(BIN)/.installed

@@ -125,14 +125,22 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-async def _accept(request: web.Request, route: str, source: Input) -> Normalized:
+async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
     """Everything an ingest request goes through; raises ``Refused`` with the HTTP answer."""
     intake = request.app[INTAKE]
+    route = ingress.name
     tenant = tenant_for(request.headers.get("Authorization"), intake.ingest_tokens)
     if tenant is UNAUTHENTICATED:
         raise Refused(401, "missing or invalid bearer token (see RELAY_INGEST_TOKENS)")
     if (refusal := intake.refusal()) is not None:
         raise Refused(503, refusal, RETRY_AFTER_SECONDS)
+    source = ingress.input_for(request.content_type)
+    if source is None:
+        raise Refused(
+            415,
+            f"unsupported Content-Type {request.content_type!r}: {ingress.path} takes"
+            f" {' or '.join(t for t in ingress.inputs if t != ANY_TYPE)}",
+        )
     try:
         body = await read_body(request, intake.max_body_bytes, intake.body_timeout)
     except BodyError as error:
@@ -265,22 +273,16 @@ def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:
 
 def otlp_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        content_type = request.content_type
-        is_proto = content_type in PROTOBUF_TYPES
+        is_proto = request.content_type in PROTOBUF_TYPES
         test_connection = request.headers.get("X-Test-Connection", "").lower() == "true"
         try:
-            source = ingress.input_for(content_type)
-            if source is None:
-                raise Refused(
-                    415,
-                    f"unsupported Content-Type {content_type!r}: OTLP/HTTP takes"
-                    " application/x-protobuf or application/json",
-                )
             try:
-                result = await _accept(request, ingress.name, source)
+                result = await _accept(request, ingress)
             except Refused as refused:
-                # OpenRouter's Test Connection posts an empty payload; it must pass once auth does.
-                if test_connection and refused.status == 400:
+                # OpenRouter's Test Connection must pass once the relay is up and the token right,
+                # whatever it posts (an empty body, without a Content-Type): OpenRouter saves no
+                # destination whose test failed.
+                if test_connection and refused.status not in (401, 503):
                     result = Normalized()
                 else:
                     raise
@@ -347,12 +349,11 @@ def _closing_if_unread(response: web.Response) -> web.Response:
 
 
 def webhook_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.Response]]:
-    source = ingress.input_for(ANY_TYPE)
-    assert source is not None, f"{ingress.path}: a webhook takes any Content-Type"
+    assert ingress.input_for(ANY_TYPE), f"{ingress.path}: a webhook takes any Content-Type"
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            result = await _accept(request, ingress.name, source)
+            result = await _accept(request, ingress)
         except Refused as refused:
             _count_refusal(request, ingress.name, refused)
             headers = {"Retry-After": refused.retry_after} if refused.retry_after else None

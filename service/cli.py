@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from foundation.version import __version__
 from service.app import create_app
-from service.config import ConfigError, RelayConfig, load_config
+from service.config import ConfigError, RelayConfig, known_variables, load_config
 from service.setup_check import check_sinks
 from sinks.dead_letters import DeadLetters, replay_records
 from sinks.dispatcher import Dispatcher
@@ -93,6 +93,19 @@ def _run_worker(config: RelayConfig, worker: int) -> int:
         print(f"llm-broadcast-relay: worker {worker}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A ``RELAY_`` variable the relay does not read is most often a typo that silently leaves a
+    setting at its default: say so at start (the relay still starts)."""
+    known = known_variables()
+    unknown = sorted(name for name in environ if name.startswith("RELAY_") and name not in known)
+    if unknown:
+        log.warning(
+            "unknown_variables",
+            names=unknown,
+            message="not read by the relay: a typo? (README, Configuration)",
+        )
 
 
 def _raise_open_file_limit() -> int:
@@ -293,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llm-broadcast-relay: {error}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    _warn_unknown_variables(os.environ)
     if args.command in (None, "serve"):
         return serve(config)
     if args.command == "test-connection":

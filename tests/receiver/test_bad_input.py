@@ -408,3 +408,24 @@ def test_a_malformed_http_request_is_logged_as_one_json_line_without_its_bytes(
         assert isinstance(orjson.loads(line), dict), line
     assert "BadHttpMessage" in lines[-1]
     assert token not in relay.log()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"", {}),  # no Content-Type at all
+        (b"", {"Content-Type": "text/plain"}),
+        (b"not otlp", JSON),
+        (b"\x00\x01", {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"}),
+    ],
+)
+def test_a_test_connection_passes_whatever_it_posts_once_the_token_is_right(
+    relay: RelayProcess, body: bytes, headers: dict[str, str]
+) -> None:
+    """OpenRouter saves no destination whose Test Connection failed: with the right token, the
+    answer is 2xx whatever the body and its Content-Type; with a wrong one it is 401."""
+    test = {"X-Test-Connection": "true", **headers}
+    answer = relay.request("POST", "/v1/traces", body, {**test, **AUTH})
+    assert answer.status == 200, answer.data
+    wrong = {**test, "Authorization": "Bearer not-the-token"}
+    assert relay.request("POST", "/v1/traces", body, wrong).status == 401

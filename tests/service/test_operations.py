@@ -221,3 +221,13 @@ def test_cli_test_connection_passes_and_fails_with_a_reason(tmp_path: Path) -> N
     failed = run_cli("test-connection", env={"RELAY_FILE_PATH": str(blocker / "events.jsonl")})
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"FAIL  File: cannot write to {blocker}")
+
+
+def test_an_unknown_relay_variable_is_warned_about_by_name(tmp_path: Path) -> None:
+    """A typo (RELAY_SINK for RELAY_SINKS) would silently leave the setting at its default."""
+    env = {"RELAY_SINK": "datadog", "RELAY_FILE_PAHT": "/tmp/x"}
+    with RelayProcess(tmp_path, env) as process:
+        lines = [orjson.loads(line) for line in process.log().splitlines()]
+    (warning,) = [line for line in lines if line.get("event") == "unknown_variables"]
+    assert warning["level"] == "warning"
+    assert warning["names"] == ["RELAY_FILE_PAHT", "RELAY_SINK"]

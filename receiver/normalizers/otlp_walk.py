@@ -246,6 +246,12 @@ def walk_json(body: bytes) -> Iterator[FlatSpan | SpanError]:
         raise InputError(f"invalid OTLP JSON: {error}") from None
     if not isinstance(document, dict):
         raise InputError("OTLP JSON must be an object with a resourceSpans array")
+    if document and "resourceSpans" not in document and "resource_spans" not in document:
+        # Valid OTLP (unknown fields are ignored), but what was meant is plainly something else,
+        # a fixture's envelope for one: said in the answer and counted, not a silent 200.
+        keys = ", ".join(sorted(str(key)[:40] for key in document)[:5])
+        yield SpanError(f"no resourceSpans at the top level (found {keys}): nothing to read")
+        return
     resource_spans_list = document.get("resourceSpans") or document.get("resource_spans") or []
     if not isinstance(resource_spans_list, list):
         raise InputError("resourceSpans must be an array")

@@ -418,3 +418,19 @@ def test_a_heavy_body_leaves_livez_answering_within_a_probe_timeout(relay: Relay
     assert answer.status == 200, answer.data[:300]
     assert not failures, failures
     assert len(probes) >= 10, "the request was too quick to show anything"
+
+
+def test_a_json_body_without_resource_spans_is_answered_and_counted_not_ignored(
+    relay: RelayProcess,
+) -> None:
+    """A body that is valid OTLP only because unknown fields are ignored (a fixture's envelope
+    posted by mistake) gets a partial success that says why nothing was read, and a count."""
+    before = relay.metric("relay_items_rejected_total", route="otlp", reason="invalid_item")
+    envelope = orjson.dumps({"_format": "fixture", "requests": [{"request": {}}]})
+    answer = relay.request("POST", "/v1/traces", envelope, JSON)
+    assert answer.status == 200
+    partial = orjson.loads(answer.data)["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "no resourceSpans" in partial["errorMessage"] and "requests" in partial["errorMessage"]
+    after = relay.metric("relay_items_rejected_total", route="otlp", reason="invalid_item")
+    assert after == before + 1

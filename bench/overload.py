@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import http.client
-import os
 import re
 import statistics
 import time
@@ -39,7 +38,7 @@ from bench.hostile import PROTOBUF, HeavyBody, heavy_bodies
 from bench.livez_probe import LivezProber, Probe
 from bench.loadgen import accepted_events, percentiles
 from bench.payloads import build
-from bench.procs import HOST, Child, Cores, LineCounter, free_port, wait_ready
+from bench.procs import HOST, Child, Cores, LineCounter, free_port, relay_environment, wait_ready
 from bench.runner import MB, log, workdir
 
 MIB: Final = 1024 * 1024
@@ -90,26 +89,13 @@ class Relay:
     lines: LineCounter
 
 
-def relay_environment(port: int, data_dir: Path, max_body_bytes: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DD_", "OTEL_"))}
-    env.update(
-        {
-            "RELAY_HOST": HOST,
-            "RELAY_PORT": str(port),
-            "RELAY_DATA_DIR": str(data_dir),
-            "RELAY_SINKS": "file",
-            "RELAY_MAX_BODY_BYTES": str(max_body_bytes),
-            "RELAY_SHUTDOWN_GRACE": "5",
-        }
-    )
-    return env
-
-
 @contextmanager
 def started_relay(directory: Path, name: str, s: OverloadSettings) -> Iterator[Relay]:
     port = free_port()
     data_dir = directory / f"relay-{name}"
-    env = relay_environment(port, data_dir, s.max_body_bytes)
+    env = relay_environment(
+        port, data_dir, RELAY_SINKS="file", RELAY_MAX_BODY_BYTES=str(s.max_body_bytes)
+    )
     child = Child(
         f"relay ({name})", ["-m", "service"], directory / f"relay-{name}.log", s.cores.server, env
     )

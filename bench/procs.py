@@ -24,6 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
+def relay_environment(port: int, data_dir: Path, **settings: str) -> dict[str, str]:
+    """A benchmarked relay's environment: this process's without any RELAY_, DD_ or OTEL_ setting
+    it may carry, the relay's address and data directory on loopback, and ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DD_", "OTEL_"))}
+    env.update(
+        {
+            "RELAY_HOST": HOST,
+            "RELAY_PORT": str(port),
+            "RELAY_DATA_DIR": str(data_dir),
+            "RELAY_SHUTDOWN_GRACE": "5",
+            **settings,
+        }
+    )
+    return env
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))

@@ -8,7 +8,6 @@ on loopback. What the sinks received is counted from the outside: lines in the f
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,16 @@ import orjson
 
 from bench.loadgen import DRAIN_SECONDS
 from bench.payloads import SCENARIOS
-from bench.procs import Child, Cores, LineCounter, Poller, free_port, http_get, wait_ready
+from bench.procs import (
+    Child,
+    Cores,
+    LineCounter,
+    Poller,
+    free_port,
+    http_get,
+    relay_environment,
+    wait_ready,
+)
 
 SINKS: Final = ("file", "tempo", "datadog")
 MB: Final = 1024 * 1024
@@ -179,24 +187,15 @@ def run_null(scenario: str, s: Settings, directory: Path) -> dict[str, Any]:
 # -- the relay -----------------------------------------------------------------------------------
 
 
-def relay_environment(
-    port: int, data_dir: Path, tempo_port: int, datadog_port: int
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DD_", "OTEL_"))}
-    env.update(
-        {
-            "RELAY_HOST": "127.0.0.1",
-            "RELAY_PORT": str(port),
-            "RELAY_DATA_DIR": str(data_dir),
-            "RELAY_SINKS": ",".join(SINKS),
-            "RELAY_TEMPO_ENDPOINT": f"http://127.0.0.1:{tempo_port}/v1/traces",
-            "RELAY_DATADOG_URL": f"http://127.0.0.1:{datadog_port}",
-            "DD_API_KEY": "bench-not-a-key",
-            "DD_LLMOBS_ML_APP": "bench",
-            "RELAY_SHUTDOWN_GRACE": "5",
-        }
-    )
-    return env
+def sink_settings(tempo_port: int, datadog_port: int) -> dict[str, str]:
+    """All three sinks: the file in the data directory, Tempo and Datadog at ``bench.peers``."""
+    return {
+        "RELAY_SINKS": ",".join(SINKS),
+        "RELAY_TEMPO_ENDPOINT": f"http://127.0.0.1:{tempo_port}/v1/traces",
+        "RELAY_DATADOG_URL": f"http://127.0.0.1:{datadog_port}",
+        "DD_API_KEY": "bench-not-a-key",
+        "DD_LLMOBS_ML_APP": "bench",
+    }
 
 
 def run_relay(
@@ -230,7 +229,7 @@ def run_relay(
                 ["-m", "service"],
                 directory / "relay.log",
                 s.cores.server,
-                env=relay_environment(port, data_dir, tempo_port, datadog_port),
+                env=relay_environment(port, data_dir, **sink_settings(tempo_port, datadog_port)),
             ),
         )
         wait_ready(relay, port, "/readyz")

@@ -149,11 +149,12 @@ async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
     context = IngestContext(received_ns, received_at, request.content_type)
     owner = tenant if isinstance(tenant, str) else None
     prepare = partial(_prepare, source, body, context, owner, intake.content)
+    # A large body takes CPU in proportion: off the loop that answers everyone else.
+    large = len(body) > OFF_LOOP_BYTES
     try:
-        # A large body takes CPU in proportion: off the loop that answers everyone else.
         result, bodies = (
             await asyncio.get_running_loop().run_in_executor(_LARGE_BODIES, prepare)
-            if len(body) > OFF_LOOP_BYTES
+            if large
             else prepare()
         )
     except InputError as error:
@@ -163,7 +164,7 @@ async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
             await intake.store(bodies, result.events)
         except IntakeFullError as error:
             raise Refused(503, str(error), RETRY_AFTER_SECONDS) from None
-        if len(body) > OFF_LOOP_BYTES:
+        if large:
             # Counting 20,000 events takes a third of a second: off the loop, but not behind the
             # large bodies waiting for their turn, since this one is stored and awaits its answer.
             await asyncio.to_thread(intake.metrics.observe_events, result.events)

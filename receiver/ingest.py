@@ -18,7 +18,6 @@ from functools import partial
 from typing import Final, Literal
 
 import orjson
-import structlog
 from aiohttp import web
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -39,8 +38,11 @@ from receiver.normalizers.base import (
 from receiver.processors import ContentPolicy, process
 from schemas import LLMEvent
 from schemas.llm_event import SourceFormat
+from telemetry import ingest_outcomes as outcomes
+from telemetry.logs import debug_enabled
 
-log = structlog.get_logger("relay.ingest")
+# Every refusal, rejected item and empty body, booked once: metric and rate-limited log line.
+INGEST_BOOK: Final = web.AppKey[outcomes.IngestBook]("ingest_book")
 
 RETRY_AFTER_SECONDS: Final = "5"
 # Bodies larger than this are normalized on a worker thread: about 30 ms of CPU (OTLP protobuf or
@@ -111,7 +113,14 @@ INGRESS: Final = (
 
 
 def add_ingress_routes(app: web.Application) -> None:
-    """Every row of ``INGRESS`` as routes of ``app``."""
+    """Every row of ``INGRESS`` as routes of ``app``, and the book of what ingest refuses (its
+    held-back log lines written at shutdown)."""
+    book = app[INGEST_BOOK] = outcomes.IngestBook()
+
+    async def flush(_: web.Application) -> None:
+        book.flush_all()
+
+    app.on_cleanup.append(flush)
     for ingress in INGRESS:
         handler = otlp_handler(ingress) if ingress.protocol == "otlp" else webhook_handler(ingress)
         for method in ingress.methods:
@@ -128,7 +137,6 @@ class Refused(Exception):
 async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
     """Everything an ingest request goes through; raises ``Refused`` with the HTTP answer."""
     intake = request.app[INTAKE]
-    route = ingress.name
     tenant = tenant_for(request.headers.get("Authorization"), intake.ingest_tokens)
     if tenant is UNAUTHENTICATED:
         raise Refused(401, "missing or invalid bearer token (see RELAY_INGEST_TOKENS)")
@@ -172,15 +180,31 @@ async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
             intake.metrics.observe_events(result.events)
     for reason, count in result.skipped.items():
         intake.metrics.items_skipped.labels(source.format, reason).inc(count)
-    if result.rejected:
-        intake.metrics.items_rejected.labels(route, "invalid_item").inc(len(result.rejected))
-        log.info(
-            "items_rejected",
-            route=route,
-            count=len(result.rejected),
-            first=f"{result.rejected[0].item}: {result.rejected[0].reason}",
-        )
+    if result.rejected or not result.events:
+        _book_unused(request, ingress, source.format, result)
+    if debug_enabled():  # a global's value: the line's fields cost nothing at info level
+        gateways = tuple(sorted({event["source"]["gateway"] for event in result.events}))
+        counts = (len(result.events), sum(result.skipped.values()), len(result.rejected))
+        accepted = (*counts, owner, len(body), gateways)
+        _book(request, outcomes.Accepted(ingress.name, source.format, *accepted))
     return result
+
+
+def _book_unused(request: web.Request, ingress: Ingress, fmt: str, result: Normalized) -> None:
+    """What of a body read whole could not be stored: its unusable items (an OTLP partial
+    success, a webhook's ``rejected``), or that it held no LLM call at all."""
+    route, events, rejected = ingress.name, len(result.events), len(result.rejected)
+    if rejected:
+        first = f"{result.rejected[0].item}: {result.rejected[0].reason}"
+        status = _webhook_status(result) if ingress.protocol == "webhook" else 200
+        _book(request, outcomes.ItemsRejected(route, fmt, rejected, first, events, status))
+    else:
+        _book(request, outcomes.NothingToStore(route, fmt, sum(result.skipped.values())))
+
+
+def _book(request: web.Request, outcome: outcomes.Outcome) -> None:
+    sender = outcomes.Sender(request.remote, request.headers)
+    request.app[INGEST_BOOK].book(request.app[INTAKE].metrics, outcome, sender)
 
 
 def _prepare(
@@ -257,16 +281,17 @@ def _encoded(result: Normalized) -> list[bytes]:
 
 
 def _count_refusal(request: web.Request, route: str, refused: Refused) -> None:
+    """Book a request refused whole: its ``relay_items_rejected_total`` reason and its log line,
+    from one ``RequestRefused``."""
     reason = {
         401: "unauthorized",
         408: "timeout",
         413: "too_large",
         415: "unsupported",
         503: "unavailable",
-    }
-    request.app[INTAKE].metrics.items_rejected.labels(
-        route, reason.get(refused.status, "malformed")
-    ).inc()
+    }.get(refused.status, "malformed")
+    limit = request.app[INTAKE].max_body_bytes if refused.status == 413 else None
+    _book(request, outcomes.RequestRefused(route, reason, refused.status, str(refused), limit))
 
 
 # -- OTLP/HTTP -----------------------------------------------------------------------------------
@@ -284,6 +309,8 @@ def otlp_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.Resp
                 # whatever it posts (an empty body, without a Content-Type): OpenRouter saves no
                 # destination whose test failed.
                 if test_connection and refused.status not in (401, 503):
+                    waived = (ingress.name, refused.status, str(refused))
+                    _book(request, outcomes.WaivedTestConnection(*waived))
                     result = Normalized()
                 else:
                     raise
@@ -368,11 +395,14 @@ def webhook_handler(ingress: Ingress) -> Callable[[web.Request], Awaitable[web.R
             "skipped": sum(result.skipped.values()),
             "rejected": [{"item": r.item, "reason": r.reason} for r in result.rejected],
         }
-        # Nothing usable at all is the sender's error; a partly usable batch is a success.
-        status = 400 if result.rejected and not result.events and not result.skipped else 200
-        return web.json_response(body, status=status, dumps=_dumps)
+        return web.json_response(body, status=_webhook_status(result), dumps=_dumps)
 
     return handle
+
+
+def _webhook_status(result: Normalized) -> int:
+    # Nothing usable at all is the sender's error; a partly usable batch is a success.
+    return 400 if result.rejected and not result.events and not result.skipped else 200
 
 
 def _dumps(value: object) -> str:

@@ -34,6 +34,8 @@ def relay_environment(port: int, data_dir: Path, **settings: str) -> dict[str, s
             "RELAY_PORT": str(port),
             "RELAY_DATA_DIR": str(data_dir),
             "RELAY_SHUTDOWN_GRACE": "5",
+            # No probe request at start: the peers count what they are sent.
+            "RELAY_PROBE_SINKS_AT_START": "false",
             **settings,
         }
     )

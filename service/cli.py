@@ -13,30 +13,28 @@ import signal
 import socket
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import structlog
 from aiohttp import web
 
 from foundation.version import __version__
-from service.app import create_app
-from service.config import ConfigError, RelayConfig, known_variables, load_config
+from service import replay
+from service.app import SKIP_DELAY_SIGNAL, StopSignals, create_app, finish_requests
+from service.config import ConfigError, RelayConfig, known_variables, load_config, short_tokens
+from service.relay import RELAY
 from service.setup_check import check_sinks
-from sinks.dead_letters import DeadLetters, replay_records
-from sinks.dispatcher import Dispatcher
-from sinks.spool import Spool
 from sinks.spool_files import ProcessLock, SpoolLockedError
 from telemetry.logs import configure_logging
-from telemetry.metrics import Metrics, share_between_workers, worker_exited
+from telemetry.metrics import share_between_workers, worker_exited
 
 log = structlog.get_logger("relay")
 # Allocations between two young-generation collections (CPython's default: 700).
 GC_THRESHOLD: Final = 50_000
+# Seconds aiohttp may still take, once the requests in flight are done, to write their answers.
+CLOSE_TIMEOUT: Final = 1.0
 
 
 def _install_uvloop() -> None:
@@ -51,21 +49,49 @@ def _install_uvloop() -> None:
 
 
 async def _serve(config: RelayConfig, worker: int) -> None:
+    """Serve until SIGTERM/SIGINT, then stop without refusing what can still be stored.
+
+    The stop, in order: /readyz turns 503 while ingest goes on storing and answering 2xx for
+    RELAY_SHUTDOWN_DELAY (load balancers stop routing here meanwhile; a second signal skips it);
+    the listening socket closes; requests in flight finish and are stored, and sends in flight
+    finish, within RELAY_SHUTDOWN_GRACE from the close; what is left stays in the spool.
+    """
+    # Caught from the start: a stop during a long spool open waits for the open, not a kill.
+    signals = StopSignals(counted=config.workers == 1)
     app = create_app(config, worker=worker)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace)
+    relay = app[RELAY]
+    # finish_requests spends RELAY_SHUTDOWN_GRACE on the requests in flight; aiohttp's own wait
+    # then only covers answers being written and a request that began during the close.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(
         runner, config.host, config.port, reuse_port=config.workers > 1 or None, backlog=1024
     )
     await site.start()
     log.info("listening", host=config.host, port=config.port, worker=worker)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    # Nobody was routed to a relay stopped before it listened: no delay then.
+    delay = 0.0 if signals.stop.is_set() else config.shutdown_delay
+    if config.probe_sinks_at_start and worker == 0:
+        relay.probe_sinks_in_background()
+    await signals.stop.wait()
+    relay.begin_drain()
+    if delay > 0:
+        log.info(
+            "draining",
+            worker=worker,
+            delay=delay,
+            message="/readyz answers 503, events are still taken; the socket closes after"
+            " RELAY_SHUTDOWN_DELAY (send the signal again, or Ctrl-C, to close it now)",
+        )
+        if not await signals.delay(delay):
+            log.info("shutdown_delay_skipped", worker=worker)
     log.info("stopping", worker=worker)
+    relay.grace_ends = asyncio.get_running_loop().time() + config.shutdown_grace
+    await site.stop()  # the listening socket only: open connections finish their requests
+    if cut := await finish_requests(app, relay.grace_ends):
+        log.warning("requests_cut_off", worker=worker, count=cut, reason="RELAY_SHUTDOWN_GRACE")
     await runner.cleanup()
+    signals.close()  # stopped: a later signal must not kill the exit half-way
 
 
 def _tune_gc() -> None:
@@ -165,10 +191,19 @@ def _serve_locked(config: RelayConfig) -> int:
     log.info("open_file_limit", limit=_raise_open_file_limit())
     if not config.ingest_tokens:
         log.warning("ingest_open", message="RELAY_INGEST_TOKENS is unset: anyone can send events")
+    elif short := short_tokens(config.ingest_tokens):
+        log.warning(
+            "ingest_tokens_short",
+            tenants=short,
+            message="these tenants' RELAY_INGEST_TOKENS are under 16 characters, easy to guess:"
+            " generate tokens with `openssl rand -hex 32`",
+        )
     if config.workers == 1:
         return _run_worker(config, 0)
     # One process per core, each with its own spool, sharing the port through SO_REUSEPORT.
     share_between_workers(config.data_dir / "metrics")
+    # Inherited by the workers until they handle it: a skip sent early must not kill one.
+    signal.signal(SKIP_DELAY_SIGNAL, signal.SIG_IGN)
     context = multiprocessing.get_context("fork")
     workers = [
         context.Process(target=_worker_process, args=(config, i)) for i in range(config.workers)
@@ -184,9 +219,11 @@ def _serve_locked(config: RelayConfig) -> int:
     stopping = fault = False
 
     def stop(signum: int, _: Any) -> None:
+        # The first stop goes to the workers as it came; any later one (Ctrl-C twice) as the
+        # skip of their shutdown delay, since a worker may get each stop twice (StopSignals).
         nonlocal stopping
+        forward(SKIP_DELAY_SIGNAL if stopping else signum, _)
         stopping = True
-        forward(signum, _)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -203,7 +240,8 @@ def _serve_locked(config: RelayConfig) -> int:
                 log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
                 stopping = fault = True
                 forward(signal.SIGTERM, None)
-    codes = [p.exitcode or 0 for p in workers]
+    # A worker ended by a signal (exitcode -N) exits as a shell reports it: 128 + N.
+    codes = [128 - code if (code := p.exitcode or 0) < 0 else code for p in workers]
     return max(1, *codes) if fault else max(codes)
 
 
@@ -232,44 +270,7 @@ async def _test_connection(config: RelayConfig, send_test_event: bool) -> int:
 
 
 async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
-    targets = list(only) or list(config.sinks)
-    unknown = [name for name in targets if name not in config.sinks]
-    if unknown:
-        print(f"not enabled in RELAY_SINKS: {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    per_sink: dict[str, list[bytes]] = {name: [] for name in targets}
-    for dead_letter_sink, event in replay_records(path):
-        body = orjson.dumps(event)
-        for name in [dead_letter_sink] if dead_letter_sink and not only else targets:
-            if name in per_sink:
-                per_sink[name].append(body)
-    metrics = Metrics()
-    dead_letters = DeadLetters(config.data_dir / "dead-letter")
-    with tempfile.TemporaryDirectory(prefix="relay-replay-") as scratch:
-        # The same machinery as live delivery: a private spool and one dispatcher per sink.
-        failed = 0
-        for name, bodies in per_sink.items():
-            if not bodies:
-                continue
-            setup = config.sinks[name]
-            spool = Spool(Path(scratch) / f"{name}.sqlite3", 1 << 62, [name])
-            await spool.open()
-            await spool.append(bodies)
-            sink = setup.spec.build(setup.config)
-            await sink.start()
-            dispatcher = Dispatcher(
-                sink, replace(setup.dispatch, flush_interval=0.0), spool, dead_letters, metrics
-            )
-            dispatcher.start()
-            await spool.wait_resolved(name)
-            await dispatcher.stop(config.shutdown_grace)
-            await sink.close()
-            await spool.close()
-            state = dispatcher.status
-            failed += state.dead_lettered
-            print(f"{name}: {state.sent} sent, {state.dead_lettered} dead-lettered")
-    dead_letters.close()
-    return 0 if failed == 0 else 1
+    return await replay.run(config, path, only)  # service/replay.py
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -291,14 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also send one event marked source.test through every sink",
     )
-    replay_parser = commands.add_parser("replay", help="re-send a file-sink or dead-letter file")
-    replay_parser.add_argument("file", type=Path)
-    replay_parser.add_argument(
-        "--sinks",
-        default="",
-        help="comma list of sinks to send to (default: every enabled sink; for dead letters, "
-        "the sink that refused them)",
-    )
+    replay.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         config = load_config()

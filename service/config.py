@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
+from foundation.secrets import is_secret_key
 from foundation.settings import ConfigError, EnvReader, mask
 from receiver.processors import CONTENT_POLICIES, ContentPolicy
 from sinks.base import DispatchSettings
@@ -33,7 +35,10 @@ class SinkSetup:
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise, as the OpenTelemetry Collector's receivers since 0.104: a
+    # relay started by hand with open ingest is not reachable from the network by accident. The
+    # image and the manifests set 0.0.0.0.
+    host: str = "127.0.0.1"
     port: int = 4318
     data_dir: Path = Path("data")
     max_body_bytes: int = 20 * 1024 * 1024
@@ -47,7 +52,17 @@ class RelayConfig:
     # token -> tenant (None when the token carries no tenant)
     ingest_tokens: Mapping[str, str | None] = field(default_factory=dict)
     workers: int = 1
+    # After SIGTERM, /readyz answers 503 this long while ingest goes on storing and answering, so
+    # that load balancers stop routing here before the socket closes (Kubernetes removes a pod
+    # from its endpoints a few seconds after it starts terminating; connections refused meanwhile
+    # are events lost for gateways that do not retry). Then requests in flight and sends in
+    # flight have shutdown_grace to finish. 0 by default: nothing routes by /readyz to a relay
+    # started by hand, and Ctrl-C should stop it at once; the Kubernetes manifest sets 5.
+    shutdown_delay: float = 0.0
     shutdown_grace: float = 10.0
+    # Probe every sink once after start, in the background, and log what fails (never stops the
+    # start): a closed port or a refused key is said at once, not at the first event.
+    probe_sinks_at_start: bool = True
     log_level: str = "info"
     sinks: Mapping[str, SinkSetup] = field(default_factory=dict)
 
@@ -66,7 +81,9 @@ class RelayConfig:
                 f"{tenant or '-'}={mask(token)}" for token, tenant in self.ingest_tokens.items()
             ],
             "workers": self.workers,
+            "shutdown_delay": self.shutdown_delay,
             "shutdown_grace": self.shutdown_grace,
+            "probe_sinks_at_start": self.probe_sinks_at_start,
             "sinks": {
                 name: {**setup.config.describe(), "dispatch": _dispatch(setup.dispatch)}
                 for name, setup in self.sinks.items()
@@ -79,6 +96,39 @@ DEFAULTS: Final = RelayConfig()
 DEFAULT_SINKS: Final = ("file",)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 MIN_SPOOL_BYTES: Final = 64 * 1024
+BOOLEANS: Final = {"true": True, "1": True, "yes": True, "on": True}
+BOOLEANS_FALSE: Final = {"false": False, "0": False, "no": False, "off": False}
+# A token shorter than this is logged as a warning at start (never refused: it may be in use).
+SHORT_TOKEN: Final = 16
+# Values that are a template's placeholder, not a credential (README, Configuration): compared
+# case-blind, without the separators people put in them (``Replace_Me`` is ``replace-me``).
+_PLACEHOLDER_WORDS: Final = re.compile(
+    r"replaceme|changeme|changeit|placeholder|todo|your(?:ingest|api)?(?:token|key|secret)(?:here)?"
+    r"|x{3,}|\*{3,}"
+)
+_SEPARATORS: Final = re.compile(r"[-_.\s]+")
+# ``<token>``, ``<one of RELAY_INGEST_TOKENS>``, an unexpanded ``${VARIABLE}``.
+_PLACEHOLDER_SHAPES: Final = re.compile(r"<[^<>]*>|\$\{[^{}]*\}")
+
+
+def is_placeholder(value: str, pair: bool = False) -> bool:
+    """Whether a credential setting holds an obvious placeholder (``replace-me``, ``changeme``,
+    ``<token>``, ``xxxx``, ``your-token``, the log's own mask ``***``...).
+
+    A Kubernetes Secret or an ``.env`` file applied as shipped would otherwise make the
+    placeholder a working ingest token that anyone who read the manifest knows. The list is short
+    on purpose: a real token refused at start stops a running deployment at its next restart.
+    """
+    text = value.strip()
+    # Basic credentials (``pair``) are ``user:password``: a template's ``<instance id>:<access
+    # token>``. Only they are split: a token may hold a colon, and a part of it is no placeholder.
+    parts = [text, *text.split(":")] if pair and ":" in text else [text]
+    return any(
+        _PLACEHOLDER_SHAPES.fullmatch(part)
+        or _PLACEHOLDER_WORDS.fullmatch(_SEPARATORS.sub("", part.lower()))
+        for part in parts
+        if part
+    )
 
 
 def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
@@ -101,8 +151,27 @@ def _read_tokens(env: EnvReader) -> dict[str, str | None]:
             # The item is a secret: name its position, never its text.
             env.problem("RELAY_INGEST_TOKENS", f"item {index} must be 'token' or 'tenant=token'")
             continue
+        if is_placeholder(token):
+            env.problem(
+                "RELAY_INGEST_TOKENS",
+                f"item {index} is a placeholder, not a token: generate one with"
+                " `openssl rand -hex 32` (or leave RELAY_INGEST_TOKENS unset for open ingest)",
+            )
+            continue
         tokens[token] = tenant or None
     return tokens
+
+
+def short_tokens(tokens: Mapping[str, str | None]) -> list[str]:
+    """The tenants (``-`` for none) whose token is shorter than ``SHORT_TOKEN``: worth a warning
+    (a short token can be guessed), not a refusal (it may be what the gateways send today)."""
+    return [tenant or "-" for token, tenant in tokens.items() if len(token) < SHORT_TOKEN]
+
+
+def _boolean(env: EnvReader, name: str, default: bool) -> bool:
+    words = {**BOOLEANS, **BOOLEANS_FALSE}
+    choice = env.choice(name, "true" if default else "false", tuple(words))
+    return words[choice]
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> RelayConfig:
@@ -149,13 +218,30 @@ def _load(env: EnvReader) -> RelayConfig:
         ),
         ingest_tokens=_read_tokens(env),
         workers=env.integer("RELAY_WORKERS", DEFAULTS.workers, 1, 256),
+        shutdown_delay=env.number("RELAY_SHUTDOWN_DELAY", DEFAULTS.shutdown_delay, 0.0, 3600.0),
         shutdown_grace=env.number("RELAY_SHUTDOWN_GRACE", DEFAULTS.shutdown_grace, 0.0, 3600.0),
+        probe_sinks_at_start=_boolean(
+            env, "RELAY_PROBE_SINKS_AT_START", DEFAULTS.probe_sinks_at_start
+        ),
         log_level=env.choice("RELAY_LOG_LEVEL", DEFAULTS.log_level, LOG_LEVELS),
         sinks=sinks,
     )
     _refuse_self_loops(env, config)
+    _refuse_placeholders(env)
     env.raise_problems()
     return config
+
+
+def _refuse_placeholders(env: EnvReader) -> None:
+    """A sink credential (``DD_API_KEY``, ``RELAY_TEMPO_BASIC_AUTH``, ...) that is a placeholder
+    would only fail at the first send; refused at start like a missing one. Only the variables an
+    enabled sink read are looked at: a Secret's ``DD_API_KEY: replace-me`` is fine without the
+    Datadog sink. The ingest tokens are checked item by item in ``_read_tokens``."""
+    for name in sorted(env.names):
+        if name == "RELAY_INGEST_TOKENS" or not is_secret_key(name):
+            continue
+        if is_placeholder(env.environ.get(name, ""), pair=name.endswith("_BASIC_AUTH")):
+            env.problem(name, "is a placeholder, not a credential: set the real value")
 
 
 def _refuse_self_loops(env: EnvReader, config: RelayConfig) -> None:

@@ -30,6 +30,7 @@ from receiver.processors import ContentPolicy
 from schemas import LLMEvent
 from service.config import RelayConfig
 from service.setup_check import SinkCheck, check_sinks
+from service.start_probe import probe_sinks_at_start
 from sinks.base import Batch, Sink
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
@@ -84,10 +85,14 @@ class Relay:
         # Spools of workers that no longer run, with their dispatchers, until drained.
         self.adopted: dict[Path, tuple[Spool, dict[str, Dispatcher]]] = {}
         self.draining = False
+        # When (event-loop time) the shutdown grace ends, set as the socket closes: requests in
+        # flight and sends in flight share one grace, so that a stop takes at most delay + grace.
+        # None: the dispatchers get a whole grace from ``stop``.
+        self.grace_ends: float | None = None
         self.spool_problem: SpoolProblem | None = None
         self.started = False  # the spool is open and delivery runs
         self._stopped = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     def _dispatchers(self, spool: Spool) -> dict[str, Dispatcher]:
         return {
@@ -116,7 +121,10 @@ class Relay:
         return self.config.content
 
     def refusal(self) -> str | None:
-        if self.draining:
+        # Draining does not refuse: while the spool is open an event is stored and acknowledged
+        # (most gateways never re-send a refused one). Only once the spool is closing is it too
+        # late; by then the server has stopped taking requests.
+        if self._stopped:
             return "the relay is shutting down; retry shortly"
         if self.spool.full:
             return "the spool is full (RELAY_SPOOL_MAX_BYTES)"
@@ -220,8 +228,15 @@ class Relay:
         log.info("spool_adopted_drained", path=str(path), worker=self.worker)
 
     def begin_drain(self) -> None:
-        """Stop accepting: readiness turns false and ingest answers 503 with Retry-After."""
+        """Readiness turns false (load balancers stop routing here) and answers ask senders to
+        close their connections; ingest goes on storing and acknowledging until the server
+        closes its socket and the requests in flight are done."""
         self.draining = True
+
+    def probe_sinks_in_background(self) -> None:
+        """Probe every sink once, logging each verdict; ingest never waits for it."""
+        task = asyncio.create_task(probe_sinks_at_start(self.sinks), name="start-probe")
+        self._tasks.append(task)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -230,7 +245,11 @@ class Relay:
         self.begin_drain()
         for task in self._tasks:
             task.cancel()
+        # A probe still waiting on a peer ends before the sinks it uses are closed.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         grace = self.config.shutdown_grace
+        if self.grace_ends is not None:
+            grace = max(0.0, self.grace_ends - asyncio.get_running_loop().time())
         everyone = [*self.dispatchers.values()]
         for _, dispatchers in self.adopted.values():
             everyone.extend(dispatchers.values())

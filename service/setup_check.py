@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from foundation.secrets import redact_text
 from foundation.times import now, rfc3339_ns
 from foundation.version import __version__
 from receiver.normalizers.common import base_event, stable_id
@@ -98,6 +99,9 @@ async def check_sinks(
             details["test_event"] = note
             ok = delivered
             message = f"{message}; {note}"
-        return name, SinkCheck(ok, message, details)
+        # The sinks write their messages without credentials, but quote the peer's answer, which
+        # may echo one (a proxy repeating the Authorization it refused): /v1/test-connection is
+        # open to anyone who reaches the relay, and the start probe's lines go to the log.
+        return name, SinkCheck(ok, redact_text(message), details)
 
     return dict(await asyncio.gather(*(one(name, sink) for name, sink in sinks.items())))

@@ -3,7 +3,7 @@
 One JSON Lines file per sink, ``<data dir>/dead-letter/<sink>.jsonl``, with two shapes of line:
 
 - ``{"dead_lettered_at", "sink", "reason", "error", "event"}``: an event the sink refused.
-  ``replay_records`` reads these lines back (as well as file-sink lines) for
+  ``read_replay_lines`` reads these lines back (as well as file-sink lines) for
   ``llm-broadcast-relay replay``.
 - ``{"dead_lettered_at", "sink", "reason", "error", "raw_base64"}``: a spool row that is not even
   JSON, kept byte for byte (base64) for a person to inspect.
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -85,22 +85,49 @@ class DeadLetters:
         self._executor.shutdown(wait=True)
 
 
-def replay_records(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """(the sink that dead-lettered it, or None, event) for each line of a dead-letter file or a
-    file-sink file (compressed rotations included)."""
+class ReplayLine(NamedTuple):
+    """One non-blank line of a dead-letter or file-sink file, as ``replay`` reads it."""
+
+    number: int
+    sink: str | None  # the sink that dead-lettered the event; None for a file-sink line
+    event: dict[str, Any] | None  # None when the line holds nothing to send
+    problem: str = ""  # why it holds nothing to send
+
+
+def read_replay_lines(path: Path) -> Iterator[ReplayLine]:
+    """Every non-blank line of a dead-letter file or a file-sink file (compressed rotations
+    included): the event to send, or why there is none. Reading errors are raised."""
     for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            # A crash can leave a partial last line; anything else is worth saying.
-            print(f"skipping line {number} of {path}: not JSON", file=sys.stderr)
+            yield ReplayLine(number, None, None, "not JSON (cut short by a crash, or damaged)")
             continue
-        if isinstance(record, dict) and isinstance(record.get("event"), dict):
-            yield record.get("sink"), record["event"]
-        elif isinstance(record, dict) and "raw_base64" in record:
+        if not isinstance(record, dict):
+            yield ReplayLine(number, None, None, "not a JSON object")
+            continue
+        sink = record.get("sink")
+        sink = sink if isinstance(sink, str) else None
+        if "raw_base64" in record:
             # A spooled row that held no event: kept for a person to read, nothing to send.
-            print(f"skipping line {number} of {path}: an undecodable spool row", file=sys.stderr)
-        elif isinstance(record, dict):
-            yield None, record
+            yield ReplayLine(number, sink, None, "an undecodable spool row (raw_base64)")
+        elif "event" in record or "dead_lettered_at" in record:
+            event = record.get("event")
+            if isinstance(event, dict):
+                yield ReplayLine(number, sink, event)
+            else:
+                yield ReplayLine(number, sink, None, "a dead-letter record without an event")
+        else:
+            yield ReplayLine(number, None, record)
+
+
+def replay_records(path: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(the sink that dead-lettered it, or None, event) for each line of a dead-letter file or a
+    file-sink file; a line without an event is skipped with a word on stderr."""
+    for line in read_replay_lines(path):
+        if line.event is None:
+            print(f"skipping line {line.number} of {path}: {line.problem}", file=sys.stderr)
+        else:
+            yield line.sink, line.event

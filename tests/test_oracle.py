@@ -1,10 +1,10 @@
 """The restart/kill oracle: an event the relay answered 2xx to is never lost, whatever happens.
 
 Each scenario runs the relay as users do (a subprocess on loopback), posts OTLP spans, records
-exactly which were acknowledged (a 2xx answer; a 503 while draining or a connection reset by a kill
-acknowledges nothing, and those events may or may not arrive), stops the relay many times, with
-``kill -9`` or SIGTERM, and restarts it on the same ``RELAY_DATA_DIR``. Then the oracle
-(``tests.helpers.oracle``) checks the promise from outside:
+exactly which were acknowledged (a 2xx answer; a 503 when the spool is full or closing, or a
+connection reset by a kill acknowledges nothing, and those events may or may not arrive), stops
+the relay many times, with ``kill -9`` or SIGTERM, and restarts it on the same
+``RELAY_DATA_DIR``. Then the oracle (``tests.helpers.oracle``) checks the promise from outside:
 
 - every acknowledged event is in the file sink's output, and was accepted (2xx) by the Tempo peer,
   or is in that sink's dead-letter file ``dead-letter/<sink>.jsonl``;
@@ -347,7 +347,9 @@ async def test_a_sink_switched_off_and_on(
         dead_letters = data / "dead-letter" / "tempo.jsonl"
         replayed = sum(read_dead_letters(data, "tempo").counts.values())
         if dead_letters.exists():
-            result = await asyncio.to_thread(relay.run_cli, "replay", str(dead_letters))
+            # As the README says: moved aside first (the relay appends to the live file).
+            moved = dead_letters.replace(data / "tempo.replay.jsonl")
+            result = await asyncio.to_thread(relay.run_cli, "replay", str(moved))
             if result.returncode != 0:
                 problems.append(
                     f"[{scenario}: replay] exit {result.returncode}: {result.stdout}"

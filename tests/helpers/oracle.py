@@ -5,7 +5,7 @@ The relay's one promise: an event it answered 2xx to is never lost. It reaches e
 checks the promise from outside, as a user could:
 
 - ``Ledger`` records every ingest request the test made and how it ended. Only a 2xx answer
-  acknowledges the request's events; a refusal (503 while draining or when the spool is full), a
+  acknowledges the request's events; a refusal (503 when the spool is full or closing), a
   connection reset by ``kill -9`` or no answer at all leaves them unacknowledged: they may or may
   not be delivered, and both are fine.
 - ``Oracle.outcome`` reads what the sinks hold: the file sink's JSON Lines (every worker's file,

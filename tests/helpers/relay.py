@@ -57,6 +57,10 @@ class RelayProcess:
                 "RELAY_DATA_DIR": str(self.data_dir),
                 "RELAY_FILE_FLUSH_INTERVAL": "0.05",
                 "RELAY_SHUTDOWN_GRACE": "5",
+                # Tests stop relays often, and their scripted peers count requests: no delay
+                # and no probe at start unless a test asks for them.
+                "RELAY_SHUTDOWN_DELAY": "0",
+                "RELAY_PROBE_SINKS_AT_START": "false",
             }
         )
         env.update(self.extra_env)

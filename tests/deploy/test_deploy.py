@@ -5,25 +5,37 @@ serves.
 There is no container engine here: what Docker, Grafana and Kubernetes would check at start is
 checked from the files, against one real relay process. ``promtool`` and ``docker-compose`` (v1),
 when installed, check the rule, Prometheus and compose files too.
+
+The secure defaults are checked the same way: every published port on loopback, an ingest token
+and a Grafana password that Compose requires, a stop timeout longer than the relay's drain
+everywhere, a base image pinned by digest, and dependencies installed from a hashed lock that
+holds every runtime dependency of pyproject.toml. Each check is a function that returns the
+problems it finds, run on the shipped files and on a broken example, so that it can fail.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
-from service.config import ConfigError, known_variables, load_config
+from service.config import ConfigError, RelayConfig, known_variables, load_config
 from tests.helpers.relay import ROOT, RelayProcess
 
 DEPLOY = ROOT / "deploy"
@@ -34,7 +46,10 @@ PACKAGES = tuple(
         "packages"
     ]["find"]["include"]
 )
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DOCKERFILE = DEPLOY / "Dockerfile"
+REQUIREMENTS_LOCK = DEPLOY / "requirements.lock"
+BUILD_LOCK = DEPLOY / "build-requirements.lock"
 COMPOSE = DEPLOY / "docker-compose.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
@@ -234,16 +249,69 @@ def compose_services() -> dict[str, Any]:
     return services
 
 
-def compose_environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """A service's environment as Compose resolves it with an empty shell (${X:-default})."""
+# What a user puts in deploy/.env (see .env.example): Compose refuses to start without them.
+COMPOSE_DOT_ENV: Final = {
+    "RELAY_INGEST_TOKENS": secrets.token_hex(32),
+    "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
+}
+
+
+class ComposeInterpolationError(Exception):
+    """What `docker compose` stops on: a required variable (``${X:?message}``) unset or empty."""
+
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt},
+# $VAR and $$ (a literal $), as the Compose file reference defines them; no nesting.
+_INTERPOLATION = re.compile(
+    r"\$\$|\$\{(?P<name>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[_a-zA-Z][_a-zA-Z0-9]*)"
+)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        value = env.get(name)
+        if op is None:
+            return value or ""
+        present = bool(value) if op.startswith(":") else value is not None
+        if op.endswith("-"):
+            return value if present and value is not None else arg
+        if op.endswith("?"):
+            if not present or value is None:
+                raise ComposeInterpolationError(
+                    f"required variable {name} is missing a value: {arg}"
+                )
+            return value
+        return arg if present else ""
+
+    return _INTERPOLATION.sub(one, text)
+
+
+def interpolate_document(node: Any, env: Mapping[str, str]) -> Any:
+    """The compose file as Compose reads it: every string value interpolated, keys left alone."""
+    if isinstance(node, dict):
+        return {key: interpolate_document(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate_document(value, env) for value in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def compose_environment(
+    service: Mapping[str, Any], dot_env: Mapping[str, str] = COMPOSE_DOT_ENV
+) -> dict[str, str]:
+    """A service's environment as Compose resolves it with ``dot_env`` as deploy/.env."""
     raw = service.get("environment", {})
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    resolved: dict[str, str] = {}
-    for key, value in raw.items():
-        text = "" if value is None else str(value)
-        resolved[key] = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", text)
-    return resolved
+    return {
+        key: interpolate("" if value is None else str(value), dot_env) for key, value in raw.items()
+    }
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -262,6 +330,24 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         keyword, _, arguments = full.partition(" ")
         instructions.append((keyword.upper(), arguments.strip()))
     return instructions
+
+
+def dockerfile_froms() -> list[str]:
+    """Each stage's base image, ARG defaults substituted (FROM ${BASE_IMAGE} AS build)."""
+    args: dict[str, str] = {}
+    froms: list[str] = []
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "ARG" and not froms:  # ARGs before the first FROM are the ones FROM sees
+            name, _, default = arguments.partition("=")
+            args[name.strip()] = default.strip()
+        elif keyword == "FROM":
+            image = next(part for part in arguments.split() if not part.startswith("--"))
+            froms.append(re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), image))
+    return froms
+
+
+def dockerfile_runs() -> list[str]:
+    return [arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"]
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -357,21 +443,47 @@ def test_compose_relay_environment_is_read_by_the_relay_and_valid() -> None:
     assert env["RELAY_TEMPO_ENDPOINT"] == "http://tempo:4318/v1/traces"
 
 
+def shipped_secret() -> dict[str, str]:
+    secret = kube("Secret")
+    data: dict[str, str] = {**secret.get("stringData", {}), **secret.get("data", {})}
+    return data
+
+
+def created_secret() -> dict[str, str]:
+    """The Secret as deploy/README.md has it created: a generated token, no Datadog key."""
+    return {"RELAY_INGEST_TOKENS": secrets.token_hex(32)}
+
+
+def kubernetes_config() -> RelayConfig:
+    return load_config({**kube("ConfigMap")["data"], **created_secret()})
+
+
 def test_kubernetes_config_and_secret_are_read_by_the_relay_and_valid() -> None:
     config_map = kube("ConfigMap")["data"]
-    secret = kube("Secret")
-    secret_data = {**secret.get("stringData", {}), **secret.get("data", {})}
+    secret_data = shipped_secret()
     assert unknown_variables(config_map) == []
     assert unknown_variables(secret_data) == []
     assert {"DD_API_KEY", "RELAY_TEMPO_BASIC_AUTH", "RELAY_INGEST_TOKENS"} <= set(secret_data)
     for key, value in secret_data.items():
         assert value == "" or "replace-me" in value, f"Secret {key} must hold a placeholder"
     assert all(isinstance(value, str) for value in config_map.values()), "ConfigMap values: strings"
-    # As shipped, the manifests describe a relay that starts (placeholders included).
+    # With the Secret created as deploy/README.md says, the manifests start a relay...
     try:
-        load_config({**config_map, **secret_data})
+        kubernetes_config()
     except ConfigError as error:
         pytest.fail(f"deploy/kubernetes does not start a relay: {error}")
+
+
+def test_kubernetes_placeholder_secret_is_refused_at_start() -> None:
+    """...and applied as shipped, the placeholder Secret stops the relay instead of opening ingest
+    with a token everyone who read the manifest knows."""
+    config_map = kube("ConfigMap")["data"]
+    with pytest.raises(ConfigError, match="RELAY_INGEST_TOKENS"):
+        load_config({**config_map, **shipped_secret()})
+    # The Datadog key too, once the datadog sink is enabled.
+    with_datadog = {**config_map, "RELAY_SINKS": config_map["RELAY_SINKS"] + ",datadog"}
+    with pytest.raises(ConfigError, match="DD_API_KEY"):
+        load_config({**with_datadog, **shipped_secret(), **created_secret()})
 
 
 # -- metrics: the dashboard and the alert rules query what the relay exports ----------------------
@@ -464,8 +576,10 @@ def test_every_alert_says_how_bad_and_what_to_do() -> None:
 promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 
 
-def run_tool(*argv: str, cwd: Path = DEPLOY) -> None:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+def run_tool(*argv: str, cwd: Path = DEPLOY, env: Mapping[str, str] | None = None) -> None:
+    result = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
 
 
@@ -498,13 +612,51 @@ def test_prometheus_scrapes_the_relay_and_loads_the_rules() -> None:
     job = relay_jobs[0]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert job["static_configs"][0]["targets"] == ["relay:4318"]
-    # RelayDown selects this job.
-    assert any('job="llm-broadcast-relay"' in rule["expr"] for rule in alert_rules())
+    # RelayDown selects this target's `up` series, by whichever of its labels it chooses.
+    target = {
+        "job": job["job_name"],
+        "instance": "relay:4318",
+        **job["static_configs"][0].get("labels", {}),
+    }
+    relay_down = [rule for rule in alert_rules() if rule.get("alert") == "RelayDown"]
+    assert relay_down and any(
+        selects(selector, target) for selector in up_selectors(relay_down[0]["expr"])
+    ), f"RelayDown does not select the relay's up series {target}"
     mounts = compose_services()["prometheus"]["volumes"]
     config_dir = Path("/etc/prometheus")
     for rule_file in config["rule_files"]:
         in_container = config_dir / rule_file
         assert f"./prometheus/{ALERTS.name}:{in_container}:ro" in mounts, rule_file
+
+
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def up_selectors(expr: str) -> list[list[tuple[str, str, str]]]:
+    """The label matchers of every ``up{...}`` (or bare ``up``) selector in an expression."""
+    selectors: list[list[tuple[str, str, str]]] = []
+    for match in re.finditer(r"\bup\b\s*(\{[^{}]*\})?", expr):
+        selectors.append(_MATCHER.findall(match.group(1) or ""))
+    return selectors
+
+
+def selects(matchers: list[tuple[str, str, str]], labels: Mapping[str, str]) -> bool:
+    for name, op, value in matchers:
+        actual = labels.get(name, "")
+        hit = re.fullmatch(value, actual) is not None if "~" in op else actual == value
+        if hit == op.startswith("!"):
+            return False
+    return True
+
+
+def test_up_selector_matching() -> None:
+    target = {"job": "kubernetes-pods", "app_kubernetes_io_name": "llm-broadcast-relay"}
+    assert not any(selects(s, target) for s in up_selectors('up{job="llm-broadcast-relay"} == 0'))
+    assert any(
+        selects(s, target)
+        for s in up_selectors('up{app_kubernetes_io_name=~"llm-broadcast-relay"} == 0')
+    )
+    assert not any(selects(s, target) for s in up_selectors('up{job!="kubernetes-pods"}'))
 
 
 def test_tempo_receives_otlp_http_on_all_interfaces() -> None:
@@ -558,7 +710,7 @@ def test_grafana_loads_the_dashboard_from_its_mount() -> None:
 
 def test_dockerfile_builds_a_slim_non_root_image_of_the_project() -> None:
     instructions = dockerfile_instructions()
-    froms = [arguments for keyword, arguments in instructions if keyword == "FROM"]
+    froms = dockerfile_froms()
     assert len(froms) >= 2, "multi-stage build"
     assert all("-slim" in image for image in froms)
     copies = [arguments.split() for keyword, arguments in instructions if keyword == "COPY"]
@@ -619,7 +771,7 @@ def test_compose_runs_the_stack_without_port_clashes() -> None:
     volume_name = next(v for v in relay["volumes"] if v.endswith(":/data")).split(":")[0]
     assert volume_name in one_document(COMPOSE)["volumes"], "/data must be a named volume"
     published = {
-        name: [str(port).split(":")[0] for port in service.get("ports", [])]
+        name: [port.host_port for port in published_ports(service)]
         for name, service in services.items()
     }
     host_ports = [port for ports in published.values() for port in ports]
@@ -637,7 +789,8 @@ def test_compose_runs_the_stack_without_port_clashes() -> None:
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_accepts_the_file() -> None:
-    run_tool("docker-compose", "-f", str(COMPOSE), "config", "--quiet")
+    env = {**os.environ, **COMPOSE_DOT_ENV}
+    run_tool("docker-compose", "-f", str(COMPOSE), "config", "--quiet", env=env)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -685,14 +838,31 @@ def test_statefulset_runs_locked_down_and_drains_before_it_is_killed() -> None:
     statefulset = kube("StatefulSet")
     pod = statefulset["spec"]["template"]["spec"]
     container = statefulset_container()
-    grace = float(kube("ConfigMap")["data"]["RELAY_SHUTDOWN_GRACE"])
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_sleep = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
-    assert pod["terminationGracePeriodSeconds"] > grace + pre_stop_sleep
+    config = kubernetes_config()
+    # The kubelet's clock starts with preStop; the relay's drain follows the SIGTERM after it.
+    needed = pre_stop_sleep + drain_seconds(config)
+    assert pod["terminationGracePeriodSeconds"] > needed, (
+        f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} s: the kubelet kills"
+        f" the relay mid-drain (preStop {pre_stop_sleep} + delay {config.shutdown_delay} + grace"
+        f" {config.shutdown_grace} + {CLOSE_SECONDS} to close)"
+    )
+    # Endpoint removal takes a few seconds to reach kube-proxy and Ingress controllers: ingest
+    # stays open meanwhile (RELAY_SHUTDOWN_DELAY, or a preStop sleep).
+    assert config.shutdown_delay + pre_stop_sleep >= 5
+    assert kube("ConfigMap")["data"]["RELAY_SHUTDOWN_DELAY"] == "5"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
+    assert pod.get("automountServiceAccountToken") is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in container["securityContext"]["capabilities"]
+    secret_refs = [ref["secretRef"] for ref in container["envFrom"] if "secretRef" in ref]
+    assert secret_refs and not any(ref.get("optional") for ref in secret_refs), (
+        "an optional Secret would start the relay with open ingest when it is missing"
+    )
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert "/tmp" in mounts, "a read-only root filesystem needs a writable /tmp"
     resources = container["resources"]
@@ -717,3 +887,380 @@ def test_service_and_disruption_budget_select_the_relay_pods() -> None:
     assert container_port(statefulset_container(), port["targetPort"]) == 4318
     budget = kube("PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+# -- secure defaults: loopback ports, required credentials, stop timeouts, pinned image -----------
+
+# After the relay's drain (RELAY_SHUTDOWN_DELAY, then RELAY_SHUTDOWN_GRACE for the requests and
+# sends in flight) it closes its sinks and its spool: about a second; this leaves slack for it.
+CLOSE_SECONDS: Final = 3.0
+# `docker stop` and `docker compose stop` without a timeout of their own.
+DOCKER_STOP_TIMEOUT: Final = 10.0
+# The image's platforms: the environment pyproject's dependency markers are evaluated in.
+IMAGE_MARKER_ENVIRONMENT: Final = {
+    "os_name": "posix",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def drain_seconds(config: RelayConfig) -> float:
+    """The longest a relay takes from SIGTERM to exit."""
+    return config.shutdown_delay + config.shutdown_grace + CLOSE_SECONDS
+
+
+def parse_duration(text: str) -> float:
+    """A Compose duration: 30s, 1m30s, 1h, 500ms."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    host_ip: str  # "" when Compose binds every interface
+    host_port: str
+    container_port: str
+
+
+def published_ports(service: Mapping[str, Any]) -> list[PublishedPort]:
+    """The service's `ports`, short syntax ([IP:][HOST:]CONTAINER[/proto]) or long syntax."""
+    ports: list[PublishedPort] = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports.append(
+                PublishedPort(
+                    str(entry.get("host_ip", "")),
+                    str(entry.get("published", "")),
+                    str(entry["target"]),
+                )
+            )
+            continue
+        text = str(entry).split("/")[0]
+        host_ip = ""
+        if text.startswith("["):  # [::1]:4318:4318
+            host_ip, _, text = text[1:].partition("]:")
+        parts = text.split(":")
+        if len(parts) == 3:
+            host_ip, parts = parts[0], parts[1:]
+        host_port = parts[0] if len(parts) == 2 else ""
+        ports.append(PublishedPort(host_ip, host_port, parts[-1]))
+    return ports
+
+
+def port_exposure_problems(services: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for name, service in services.items():
+        for port in published_ports(service):
+            try:
+                loopback = ipaddress.ip_address(port.host_ip).is_loopback
+            except ValueError:  # "" (every interface) or a name
+                loopback = False
+            if not loopback:
+                where = port.host_ip or "every interface"
+                problems.append(f"{name}: port {port.container_port} published on {where}")
+    return problems
+
+
+def test_port_exposure_check_flags_every_interface() -> None:
+    services = {
+        "a": {"ports": ["4318:4318", "127.0.0.1:3000:3000", "[::1]:9090:9090"]},
+        "b": {"ports": ["0.0.0.0:3200:3200", {"target": 80, "published": 8080}, "9000"]},
+        "c": {"ports": [{"target": 80, "published": 8081, "host_ip": "127.0.0.1"}]},
+    }
+    assert port_exposure_problems(services) == [
+        "a: port 4318 published on every interface",
+        "b: port 3200 published on 0.0.0.0",
+        "b: port 80 published on every interface",
+        "b: port 9000 published on every interface",
+    ]
+
+
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    services = compose_services()
+    assert port_exposure_problems(services) == []
+    assert any(published_ports(service) for service in services.values())
+
+
+def test_compose_interpolation_follows_the_compose_reference() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} $$SET $SET", env) == (
+        "v d  d $SET v"
+    )
+    assert interpolate("${SET:?m} ${EMPTY?m} ${SET:+alt}${EMPTY:+alt}", env) == "v  alt"
+    for text in ("${EMPTY:?say so}", "${UNSET:?say so}", "${UNSET?say so}"):
+        with pytest.raises(ComposeInterpolationError, match="say so"):
+            interpolate(text, env)
+
+
+@pytest.mark.parametrize("variable", sorted(COMPOSE_DOT_ENV))
+def test_compose_refuses_to_start_without_an_ingest_token_or_grafana_password(
+    variable: str,
+) -> None:
+    """`docker compose up` stops before starting anything, and says what to do, when deploy/.env
+    lacks the value or holds it empty: no stack with open ingest or Grafana's admin/admin."""
+    document = one_document(COMPOSE)
+    interpolate_document(document, COMPOSE_DOT_ENV)  # with both values: it starts
+    for dot_env in (
+        {k: v for k, v in COMPOSE_DOT_ENV.items() if k != variable},
+        {**COMPOSE_DOT_ENV, variable: ""},
+    ):
+        with pytest.raises(ComposeInterpolationError, match=variable) as refused:
+            interpolate_document(document, dot_env)
+        assert "openssl rand" in str(refused.value) and ".env" in str(refused.value)
+
+
+def test_compose_relay_requires_a_token_and_grafana_a_password() -> None:
+    services = compose_services()
+    relay_env = compose_environment(services["relay"])
+    config = load_config(relay_env)
+    assert set(config.ingest_tokens) == {COMPOSE_DOT_ENV["RELAY_INGEST_TOKENS"]}
+    # A placeholder in deploy/.env is refused by the relay itself.
+    with pytest.raises(ConfigError, match="RELAY_INGEST_TOKENS"):
+        load_config(
+            compose_environment(
+                services["relay"], {**COMPOSE_DOT_ENV, "RELAY_INGEST_TOKENS": "replace-me"}
+            )
+        )
+    grafana_env = compose_environment(services["grafana"])
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_DOT_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert grafana_env.get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false"
+    assert grafana_env.get("GF_USERS_ALLOW_SIGN_UP", "false") == "false"
+
+
+def test_compose_stop_grace_period_outlasts_the_relays_drain() -> None:
+    relay = compose_services()["relay"]
+    config = load_config(compose_environment(relay))
+    period = parse_duration(str(relay.get("stop_grace_period", "10s")))
+    assert period > drain_seconds(config), (
+        f"stop_grace_period {period} s: Docker kills the relay mid-drain (delay"
+        f" {config.shutdown_delay} + grace {config.shutdown_grace} + {CLOSE_SECONDS} to close)"
+    )
+
+
+def test_image_drain_fits_dockers_default_stop_timeout() -> None:
+    """`docker run` and `docker stop` without --stop-timeout: 10 s after SIGTERM, SIGKILL."""
+    env = {k: v for k, v in dockerfile_env().items() if k not in NOT_RELAY_VARIABLES}
+    config = load_config(env)
+    assert drain_seconds(config) < DOCKER_STOP_TIMEOUT, (
+        f"the image's drain (delay {config.shutdown_delay} + grace {config.shutdown_grace} +"
+        f" {CLOSE_SECONDS}) outlasts docker stop's {DOCKER_STOP_TIMEOUT} s"
+    )
+
+
+# -- the image: base pinned by digest, dependencies from a hashed lock -----------------------------
+
+_PINNED_IMAGE = re.compile(
+    r"python:(?P<version>3\.\d+\.\d+)-slim-(?P<debian>[a-z]+)@sha256:[0-9a-f]{64}"
+)
+
+
+def base_image_problems(froms: list[str]) -> list[str]:
+    stages: set[str] = set()
+    problems: list[str] = []
+    for image in froms:
+        if image in stages:
+            continue  # FROM build: an earlier stage, not an image
+        if not _PINNED_IMAGE.fullmatch(image):
+            problems.append(f"{image or '(empty)'}: not python:X.Y.Z-slim-<debian>@sha256:<digest>")
+    if len(set(froms)) > 1:
+        problems.append(f"stages on different bases: {sorted(set(froms))}")
+    return problems
+
+
+def test_base_image_check_flags_floating_tags() -> None:
+    digest = "@sha256:" + "a" * 64
+    assert base_image_problems([f"python:3.12.14-slim-bookworm{digest}"] * 2) == []
+    assert (
+        len(base_image_problems(["python:3.12-slim", f"python:3.12.14-slim-bookworm{digest}"])) == 2
+    )
+    assert base_image_problems(["python:3.12.14-slim-bookworm"])  # a tag moves: no digest
+    assert base_image_problems([f"python:3.12-slim-bookworm{digest}"])  # no patch version
+
+
+def test_dockerfile_pins_its_base_image_by_version_and_digest() -> None:
+    froms = dockerfile_froms()
+    assert base_image_problems(froms) == []
+
+
+def image_python() -> str:
+    """X.Y of the image's CPython, from its pinned tag."""
+    match = _PINNED_IMAGE.fullmatch(dockerfile_froms()[0])
+    assert match
+    return ".".join(match.group("version").split(".")[:2])
+
+
+def pip_install_problems(runs: Iterable[str]) -> list[str]:
+    """Every `pip install` takes hashed locks only, or the project's own wheel without its
+    dependencies and without an index; the wheel is built without fetching a build backend."""
+    problems: list[str] = []
+    locks: list[str] = []
+    for run in runs:
+        for command in re.split(r"&&|;|\|\|", run):
+            words = command.split()
+            if "pip" not in " ".join(words) or not ({"install", "wheel"} & set(words)):
+                continue
+            if "install" in words:
+                files = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-r"]
+                if files:
+                    locks.extend(files)
+                    if "--require-hashes" not in words:
+                        problems.append(f"installs {files} without --require-hashes")
+                elif not {"--no-deps", "--no-index"} <= set(words):
+                    problems.append(f"installs unpinned packages: {command.strip()}")
+            if "wheel" in words and "--no-build-isolation" not in words:
+                problems.append(
+                    f"builds with an unpinned, fetched build backend: {command.strip()}"
+                )
+    if "deploy/requirements.lock" not in locks:
+        problems.append("the runtime dependencies do not come from deploy/requirements.lock")
+    return problems
+
+
+def test_pip_install_check_flags_unhashed_installs() -> None:
+    good = [
+        "python -m venv /v && /v/bin/pip install --require-hashes -r deploy/requirements.lock",
+        "/b/bin/pip wheel --no-deps --no-build-isolation -w /d . && /v/bin/pip install --no-deps"
+        " --no-index /d/x.whl",
+    ]
+    assert pip_install_problems(good) == []
+    assert pip_install_problems(["/v/bin/pip install ."]) == [
+        "installs unpinned packages: /v/bin/pip install .",
+        "the runtime dependencies do not come from deploy/requirements.lock",
+    ]
+    assert pip_install_problems(["pip install -r deploy/requirements.lock"]) == [
+        "installs ['deploy/requirements.lock'] without --require-hashes"
+    ]
+    assert pip_install_problems([*good, "pip wheel --no-deps -w /d ."])
+
+
+def test_dockerfile_installs_only_from_the_hashed_locks() -> None:
+    runs = dockerfile_runs()
+    assert pip_install_problems(runs) == []
+    assert any("pip check" in run for run in runs), "nothing checks the lock against pyproject"
+    copied = {
+        part
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "COPY"
+        for part in arguments.split()[:-1]
+    }
+    assert {"deploy/requirements.lock", "deploy/build-requirements.lock"} <= copied
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: Version
+    hashes: tuple[str, ...]
+
+
+def read_lock(text: str) -> tuple[dict[str, Pin], list[str]]:
+    """A pip requirements file as `pip install --require-hashes` reads it: (pins, problems)."""
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        content = line.split("#", 1)[0].rstrip()
+        if content.endswith("\\"):
+            pending += content[:-1] + " "
+            continue
+        if (pending + content).strip():
+            logical.append((pending + content).strip())
+        pending = ""
+    pins: dict[str, Pin] = {}
+    problems: list[str] = []
+    for entry in logical:
+        requirement_text = entry.split(" --hash", 1)[0].strip()
+        if requirement_text.startswith("-"):
+            problems.append(f"option in the lock: {requirement_text}")
+            continue
+        try:
+            requirement = Requirement(requirement_text)
+        except InvalidRequirement:
+            problems.append(f"not a requirement: {requirement_text}")
+            continue
+        specifiers = list(requirement.specifier)
+        if len(specifiers) != 1 or specifiers[0].operator != "==":
+            problems.append(f"{requirement.name}: not pinned with ==")
+            continue
+        hashes = tuple(re.findall(r"--hash=(sha256:[0-9a-f]{64})", entry))
+        if not hashes:
+            problems.append(f"{requirement.name}: no hash")
+        pins[canonicalize_name(requirement.name)] = Pin(Version(specifiers[0].version), hashes)
+    return pins, problems
+
+
+def lock_problems(requirements: Iterable[str], lock_text: str, python: str) -> list[str]:
+    """What keeps ``lock_text`` from installing ``requirements`` on the image's ``python``."""
+    pins, problems = read_lock(lock_text)
+    environment = {
+        **IMAGE_MARKER_ENVIRONMENT,
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+    }
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{requirement.name}: not in the lock")
+        elif not requirement.specifier.contains(pin.version, prereleases=True):
+            problems.append(f"{requirement.name}: {pin.version} is outside {requirement.specifier}")
+    if not re.search(
+        rf"uv pip compile .*--generate-hashes --python-version {re.escape(python)}\b", lock_text
+    ):
+        problems.append(f"the header does not say how to regenerate it for Python {python}")
+    return problems
+
+
+def test_lock_check_flags_missing_and_out_of_range_pins() -> None:
+    lock = (
+        "# This file was autogenerated by uv via the following command:\n"
+        "#    uv pip compile pyproject.toml --generate-hashes --python-version 3.12 -o x.lock\n"
+        "aiohttp==3.14.5 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via x\n"
+        "orjson==3.9.0 \\\n    --hash=sha256:" + "b" * 64 + "\n"
+        "zstandard==0.25.0\n"
+    )
+    wanted = [
+        "aiohttp>=3.10",
+        "orjson>=3.10",
+        "zstandard>=0.22",
+        "tenacity>=8.2",
+        "pywin32; sys_platform == 'win32'",
+    ]
+    assert lock_problems(wanted, lock, "3.12") == [
+        "zstandard: no hash",
+        "orjson: 3.9.0 is outside >=3.10",
+        "tenacity: not in the lock",
+    ]
+    assert lock_problems(["aiohttp>=3.10"], lock, "3.13") == [
+        "zstandard: no hash",
+        "the header does not say how to regenerate it for Python 3.13",
+    ]
+
+
+def test_requirements_lock_holds_every_runtime_dependency_with_hashes() -> None:
+    dependencies = PYPROJECT["project"]["dependencies"]
+    assert dependencies
+    assert lock_problems(dependencies, REQUIREMENTS_LOCK.read_text(), image_python()) == []
+
+
+def test_build_lock_holds_the_build_backend_with_hashes() -> None:
+    build_requires = PYPROJECT["build-system"]["requires"]
+    assert lock_problems(build_requires, BUILD_LOCK.read_text(), image_python()) == []
+
+
+def test_locks_keep_test_tools_and_the_build_backend_out_of_the_image() -> None:
+    runtime, _ = read_lock(REQUIREMENTS_LOCK.read_text())
+    build, _ = read_lock(BUILD_LOCK.read_text())
+    test_only = {
+        canonicalize_name(Requirement(text).name)
+        for text in PYPROJECT["project"]["optional-dependencies"]["test"]
+    }
+    # Not shipped in the image: the test extras (pytest, ruff, mypy...) and the build backend.
+    assert not (set(runtime) & (test_only | set(build))), sorted(
+        set(runtime) & (test_only | set(build))
+    )

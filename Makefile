@@ -8,6 +8,8 @@ AGENT_VENV := .venv-testagent
 # Arize Phoenix, a real OTLP trace store for the end-to-end OTLP tests: a large venv of its own
 # (its dependencies would clash with the relay's), pinned to one major version.
 PHOENIX_VENV := .venv-phoenix
+# Test tools that are not Python packages (promtool).
+TOOLS := .tools
 
 .PHONY: run test lint typecheck unit oracle fuzz bench clean
 
@@ -34,8 +36,12 @@ $(PHOENIX_VENV)/.installed:
 	$(PHOENIX_VENV)/bin/pip install --quiet 'arize-phoenix>=20,<21'
 	touch $@
 
+# Settings from .env when there is one (copy .env.example); they override the environment.
+ENV_FILE ?= .env
+
 run: $(BIN)/.runtime
-	$(BIN)/llm-broadcast-relay serve
+	set -a; if [ -f "$(ENV_FILE)" ]; then . "$(abspath $(ENV_FILE))"; fi; set +a; \
+	exec $(BIN)/llm-broadcast-relay serve
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -44,9 +50,24 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed $(AGENT_VENV)/.installed $(PHOENIX_VENV)/.installed
+# promtool, for `promtool test rules` on deploy/prometheus/alerts.yml: the binary alone, unpacked
+# from Debian's package (installing the package would register a Prometheus service). Elsewhere,
+# put a promtool on PATH; without one the alert-rule tests are skipped, and say so.
+$(TOOLS)/.promtool:
+	mkdir -p $(TOOLS)
+	if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		cd $(TOOLS) && rm -f prometheus_*.deb \
+		&& { apt-get download -qq prometheus 2>/dev/null \
+			|| { apt-get update -qq && apt-get download -qq prometheus; }; } \
+		&& dpkg-deb -x prometheus_*.deb root && rm prometheus_*.deb; \
+	fi
+	touch $@
+
+unit: $(BIN)/.installed $(AGENT_VENV)/.installed $(PHOENIX_VENV)/.installed $(TOOLS)/.promtool
 	DDAPM_TEST_AGENT=$(CURDIR)/$(AGENT_VENV)/bin/ddapm-test-agent \
 	PHOENIX_TEST_SERVER=$(CURDIR)/$(PHOENIX_VENV)/bin/phoenix \
+	PATH="$(CURDIR)/$(TOOLS)/root/usr/bin:$$PATH" \
 	$(BIN)/pytest
 
 test: lint typecheck unit
@@ -65,4 +86,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(AGENT_VENV) $(PHOENIX_VENV) .pytest_cache .mypy_cache .ruff_cache data
+	rm -rf $(VENV) $(AGENT_VENV) $(PHOENIX_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache data

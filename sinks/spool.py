@@ -182,8 +182,9 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        # Ready to take at least a typical request (64 KiB) more.
-        return not self.has_room(64 * 1024)
+        """At ``max_bytes``: no request fits. Below it, a request that fits is taken and one
+        that does not is refused by ``append`` alone (RELAY_SPOOL_MAX_BYTES means what it says)."""
+        return self.stored_bytes + self._pending_bytes >= self.max_bytes
 
     async def append(
         self, bodies: Sequence[bytes], events: Sequence[LLMEvent] | None = None
@@ -199,8 +200,8 @@ class Spool:
         size = sum(len(body) for body in bodies)
         if not self.has_room(size):
             raise SpoolFullError(
-                f"the spool holds {self.stored_bytes} bytes of undelivered events"
-                f" (RELAY_SPOOL_MAX_BYTES={self.max_bytes})"
+                f"the spool is full: it holds {self.stored_bytes} bytes of undelivered events and"
+                f" these {size} would pass RELAY_SPOOL_MAX_BYTES={self.max_bytes}"
             )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingAppend(bodies, events, time.time(), size, done))

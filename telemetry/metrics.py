@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -70,7 +71,7 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Label sets remembered per metric (see _Children).
 CHILDREN_REMEMBERED = 4096
 
-_Metric = TypeVar("_Metric", Counter, Histogram)
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 
 class _Children(Generic[_Metric]):
@@ -252,6 +253,17 @@ class Metrics:
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
+        # Silence is the failure users miss most: a gateway whose Broadcast stopped (a revoked
+        # token, a destination disabled after failures) looks healthy. "max" across workers, live
+        # or not: a worker that restarted must not make a gateway's last event disappear.
+        self.last_event = Gauge(
+            "relay_last_event_timestamp_seconds",
+            "When the relay last accepted an LLM event (test events aside), by gateway and the"
+            " tenant of the ingest token (empty when ingest is open).",
+            ("gateway", "tenant"),
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.labels_folded = Counter(
             "relay_metric_label_values_folded",
             "LLM events booked under the label value 'other': the label had too many values.",
@@ -270,6 +282,7 @@ class Metrics:
         self._cost = _Children(self.llm_cost)
         self._duration = _Children(self.llm_duration)
         self._ttft = _Children(self.llm_ttft)
+        self._last_event = _Children(self.last_event)
 
     def export_sinks(self, sinks: Iterable[str]) -> None:
         """Each sink's delivery and failure counters, at 0 until something happens: for every
@@ -306,6 +319,7 @@ class Metrics:
         cost: dict[tuple[str, ...], float] = {}
         durations: dict[tuple[str, ...], list[float]] = {}
         ttfts: dict[tuple[str, ...], list[float]] = {}
+        senders: set[tuple[str, str]] = set()
         for event in events:
             source = event["source"]
             key: tuple[str, ...] = (source["format"], source["gateway"])
@@ -313,6 +327,7 @@ class Metrics:
             if source.get("test"):
                 continue
             labels = self._llm_labels(event)
+            senders.add((labels[0], source.get("tenant") or ""))
             status = event.get("status", "ok")
             key = (*labels, status)
             requests[key] = requests.get(key, 0) + 1
@@ -351,6 +366,10 @@ class Metrics:
                 child = histograms[key]
                 for value in seconds:
                     child.observe(value)
+        if senders:
+            now = time.time()
+            for sender in senders:
+                self._last_event[sender].set(now)
         for name, budget in self._budgets.items():
             if folded := budget.take_folded():
                 self.labels_folded.labels(name).inc(folded)

@@ -6,11 +6,16 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from foundation.times import unix_ns
 from tests.helpers.relay import RelayProcess
 from tests.helpers.waiting import wait_until
 
@@ -65,3 +70,64 @@ def test_each_example_posts_and_gives_its_events(relay: RelayProcess, line: str)
     expected = before + promised + PROMISED[native.name]
     wait_until(lambda: len(relay.events()) >= expected, message=f"{expected} events written")
     assert len(relay.events()) == expected
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED))
+def test_send_py_posts_each_example_with_its_times_moved_to_now(
+    relay: RelayProcess, name: str
+) -> None:
+    """``examples/send.py`` posts the same events as the ``curl`` line, each ending within a
+    minute of now and lasting as long as in the body as captured."""
+    as_captured = by_trace(post_and_read(relay, lambda: post_raw(relay, name), name))
+    started = time.time()
+    moved = by_trace(post_and_read(relay, lambda: send_py(relay, name), name))
+    assert sorted(moved) == sorted(as_captured)
+    for key, event in moved.items():
+        end = unix_ns(event["end_time"]) / 1e9
+        assert started - 60 < end <= time.time() + 1, (key, event["end_time"])
+        captured = as_captured[key]
+        assert duration_ns(event) == duration_ns(captured), key
+        if "ttft_ms" in captured:
+            assert event["ttft_ms"] == captured["ttft_ms"]
+
+
+def send_py(relay: RelayProcess, name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/send.py", name, "--url", relay.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("200 "), result.stdout
+
+
+def post_raw(relay: RelayProcess, name: str) -> None:
+    (line,) = [line for line in CURLS if request_of(line)[2].name == name]
+    path, headers, body = request_of(line)
+    assert relay.request("POST", path, body.read_bytes(), headers).status == 200
+
+
+def post_and_read(relay: RelayProcess, post: Callable[[], None], name: str) -> list[dict[str, Any]]:
+    """The events of one post of ``name``, as the file sink wrote them: the native example
+    posted after it marks where they end."""
+    before = len(relay.events())
+    post()
+    native = ROOT / "examples" / "native-event.json"
+    relay.request("POST", "/v1/events", native.read_bytes(), {"Content-Type": "application/json"})
+    expected = before + PROMISED[name] + PROMISED[native.name]
+    wait_until(lambda: len(relay.events()) >= expected, message=f"{expected} events written")
+    return relay.events()[before : before + PROMISED[name]]
+
+
+def by_trace(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Events by what stays the same across posts: their ids in the body as sent."""
+    keyed = {f"{e.get('trace_id')}/{e.get('span_id')}/{e.get('event_id')}": e for e in events}
+    assert len(keyed) == len(events), "two events of one body share their ids"
+    return keyed
+
+
+def duration_ns(event: dict[str, Any]) -> int:
+    return unix_ns(event["end_time"]) - unix_ns(event["start_time"])

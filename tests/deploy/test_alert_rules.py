@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ SINKS = ("file", "otlp")
 def _target() -> dict[str, str]:
     """The labels Prometheus adds to every series it scrapes from the relay."""
     (job,) = [j for j in one_document(PROMETHEUS)["scrape_configs"] if "relay" in j["job_name"]]
-    return {"job": job["job_name"], "instance": job["static_configs"][0]["targets"][0]}
+    (static,) = job["static_configs"]
+    return {"job": job["job_name"], "instance": static["targets"][0], **static.get("labels", {})}
 
 
 TARGET = _target()
@@ -116,6 +118,7 @@ ERROR_EVENT = llm_event(
 class Scrapes:
     before: Scrape
     after: Scrape
+    scraped_at: float  # the wall-clock time of the second scrape
 
 
 def scrape(relay: RelayProcess) -> Scrape:
@@ -152,7 +155,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Scrapes:
             return bool(sinks["otlp"]["dead_lettered"] == BURST and sinks["file"]["sent"] == BURST)
 
         wait_until(settled, message="the burst delivered to the file and dead-lettered by otlp")
-        return Scrapes(before, scrape(relay))
+        return Scrapes(before, scrape(relay), time.time())
 
 
 def pick(samples: Scrape, name: str, **labels: str) -> Labels:
@@ -171,10 +174,14 @@ class Case:
 
     series: dict[str, Values] = field(default_factory=dict)
     minutes: int = 0
-    firing: dict[str, str] | None = None  # the alert's labels, besides alertname and severity
+    # The alert's labels, besides alertname and severity (one dict per alert expected).
+    firing: dict[str, str] | list[dict[str, str]] | None = None
 
-    def add(self, name: str, labels: Labels, values: Values) -> None:
-        merged = dict(labels) | TARGET
+    def add(
+        self, name: str, labels: Labels, values: Values, target: Mapping[str, str] = TARGET
+    ) -> None:
+        """A series of ``name`` as Prometheus stores it: with the labels its scrape adds."""
+        merged = dict(labels) | dict(target)
         selector = ",".join(f'{k}="{v}"' for k, v in sorted(merged.items()))
         self.series[f"{name}{{{selector}}}"] = values
         self.minutes = max(self.minutes, len(values) - 1)
@@ -205,9 +212,9 @@ def run_promtool(tmp_path: Path, groups: list[dict[str, Any]]) -> None:
 
 def alert_group(alert: str, case: Case) -> dict[str, Any]:
     (rule,) = [r for r in alert_rules() if r.get("alert") == alert]
-    expected = []
-    if case.firing is not None:
-        expected = [{"exp_labels": case.firing | {"severity": rule["labels"]["severity"]}}]
+    firing = [case.firing] if isinstance(case.firing, dict) else case.firing or []
+    severity = {"severity": rule["labels"]["severity"]}
+    expected = [{"exp_labels": labels | severity} for labels in firing]
     return {
         "interval": "1m",
         "input_series": [{"series": s, "values": values_text(v)} for s, v in case.series.items()],
@@ -279,10 +286,38 @@ def upstream_errors(s: Scrapes, fires: bool) -> Case:
     return case
 
 
+def gateway_silent(s: Scrapes, fires: bool) -> Case:
+    """Events every minute for ten minutes, then none: the relay still exports the last time for
+    half an hour, then restarts and exports nothing for it (or events every minute throughout)."""
+    name, case = "relay_last_event_timestamp_seconds", Case()
+    labels = pick(s.after, name, gateway="alert-tests")
+    assert name not in s.before  # exported from a gateway's first event on
+    assert abs(s.after[name][labels] - s.scraped_at) < 60, "not the time of the events"
+    minutes = 80
+    sending: Values = [60.0 * i for i in range(11)]
+    last = sending + [600.0] * 30 + [None] * (minutes - 40) if fires else ramp(60, minutes)
+    case.add(name, labels, last)
+    case.firing = {"gateway": "alert-tests"} if fires else None
+    return case
+
+
+# The relay's pod as the annotation-based scrape of the prometheus-community chart labels it: job
+# "kubernetes-pods", the pod's labels copied (app.kubernetes.io/name becomes this label).
+POD = {
+    "job": "kubernetes-pods",
+    "instance": "10.1.2.3:4318",
+    "namespace": "llm",
+    "pod": "llm-broadcast-relay-0",
+    "app_kubernetes_io_name": "llm-broadcast-relay",
+}
+
+
 def relay_down(s: Scrapes, fires: bool) -> Case:
+    """The compose stack's target and a Kubernetes pod, both down (or both up)."""
     case = Case()
     case.add("up", frozenset(), step(1, 0 if fires else 1, 3, 8))
-    case.firing = dict(TARGET) if fires else None
+    case.add("up", frozenset(), step(1, 0 if fires else 1, 3, 8), target=POD)
+    case.firing = [dict(TARGET), POD] if fires else None
     return case
 
 
@@ -341,6 +376,7 @@ def ingest_rejected(s: Scrapes, fires: bool) -> Case:
 ALERT_CASES: dict[str, Callable[[Scrapes, bool], Case]] = {
     "LLMSpendSpike": spend,
     "LLMUpstreamErrorRateHigh": upstream_errors,
+    "LLMGatewaySilent": gateway_silent,
     "RelayDown": relay_down,
     "RelaySinkDeliveryStalled": delivery_stalled,
     "RelaySinkDeadLettered": dead_lettered,

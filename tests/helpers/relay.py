@@ -178,3 +178,17 @@ class RelayProcess:
             timeout=timeout,
             check=False,
         )
+
+
+def run_relay(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """A relay start expected to fail fast (``python -m service`` with ``env``): its exit code
+    and what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

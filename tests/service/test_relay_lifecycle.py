@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import socket
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 
 from tests.helpers.payloads import otlp_json_spans, span_ids
 from tests.helpers.ports import free_port
-from tests.helpers.relay import ROOT, RelayProcess
+from tests.helpers.relay import RelayProcess, run_relay
 from tests.helpers.waiting import wait_until
 
 JSON = {"Content-Type": "application/json"}
@@ -34,19 +32,6 @@ def relay(tmp_path: Path) -> Iterator[RelayProcess]:
         yield process
     finally:
         process.kill()
-
-
-def run_relay(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """A relay start expected to fail fast: its exit code and what it printed."""
-    return subprocess.run(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def post_spans(relay: RelayProcess, count: int) -> set[str]:

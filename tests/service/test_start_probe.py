@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from service.config import is_placeholder
 from tests.helpers.otlp_peer import OK
 from tests.helpers.payloads import otlp_json_spans, span_ids
 from tests.helpers.ports import free_port
-from tests.helpers.relay import ROOT, RelayProcess
+from tests.helpers.relay import RelayProcess, run_relay
 from tests.helpers.scripted_server import Answer, ScriptedServer
 from tests.helpers.waiting import eventually, wait_until
 
@@ -204,18 +202,6 @@ def test_basic_credentials_are_placeholders_by_either_half_and_tokens_only_whole
 )
 def test_real_looking_values_are_not_placeholders(value: str) -> None:
     assert not is_placeholder(value)
-
-
-def run_relay(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_placeholder_credentials_stop_the_start_naming_each_variable(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Recognising secrets in attributes and headers so that they never reach a sink or a log.
 
 The one home of secret handling: which keys and values are credentials (``is_secret_key``,
-``is_secret_value``), removing them from attributes (``scrub``), masking them in free text
-(``redact_text``) and masking values known to be secrets wherever they appear (``mask_known``).
+``is_secret_value``), which settings hold a template's placeholder instead (``is_placeholder``),
+removing them from attributes (``scrub``), masking them in free text (``redact_text``) and
+masking values known to be secrets wherever they appear (``mask_known``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,37 @@ def is_secret_key(key: str) -> bool:
     if last in _SECRET_WORDS:
         return True
     return last == "key" and len(words) > 1 and words[-2] in _KEY_OWNERS
+
+
+# Values that are a template's placeholder, not a credential (README, Configuration): compared
+# case-blind, without the separators people put in them (``Replace_Me`` is ``replace-me``).
+_PLACEHOLDER_WORDS: Final = re.compile(
+    r"replaceme|changeme|changeit|placeholder|todo|your(?:ingest|api)?(?:token|key|secret)(?:here)?"
+    r"|x{3,}|\*{3,}"
+)
+_SEPARATORS: Final = re.compile(r"[-_.\s]+")
+# ``<token>``, ``<one of RELAY_INGEST_TOKENS>``, an unexpanded ``${VARIABLE}``.
+_PLACEHOLDER_SHAPES: Final = re.compile(r"<[^<>]*>|\$\{[^{}]*\}")
+
+
+def is_placeholder(value: str, pair: bool = False) -> bool:
+    """Whether a credential setting holds an obvious placeholder (``replace-me``, ``changeme``,
+    ``<token>``, ``xxxx``, ``your-token``, the log's own mask ``***``...).
+
+    A Kubernetes Secret or an ``.env`` file applied as shipped would otherwise make the
+    placeholder a working ingest token that anyone who read the manifest knows. The list is short
+    on purpose: a real token refused at start stops a running deployment at its next restart.
+    """
+    text = value.strip()
+    # Basic credentials (``pair``) are ``user:password``: a template's ``<instance id>:<access
+    # token>``. Only they are split: a token may hold a colon, and a part of it is no placeholder.
+    parts = [text, *text.split(":")] if pair and ":" in text else [text]
+    return any(
+        _PLACEHOLDER_SHAPES.fullmatch(part)
+        or _PLACEHOLDER_WORDS.fullmatch(_SEPARATORS.sub("", part.lower()))
+        for part in parts
+        if part
+    )
 
 
 def is_secret_value(value: Any) -> bool:

@@ -12,6 +12,9 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 N = TypeVar("N", int, float)
+# The words a boolean setting takes, as shells, systemd and Kubernetes manifests write them.
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLEANS |= {"false": False, "0": False, "no": False, "off": False}
 
 
 class ConfigError(Exception):
@@ -96,6 +99,10 @@ class EnvReader:
             self.problem(name, f"expected one of {', '.join(choices)}, got {raw!r}")
             return default
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        word = self.choice(name, "true" if default else "false", tuple(_BOOLEANS))
+        return _BOOLEANS[word]
 
     def items(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         raw = self.text(name)

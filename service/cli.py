@@ -23,7 +23,14 @@ from aiohttp import web
 from foundation.version import __version__
 from service import replay
 from service.app import SKIP_DELAY_SIGNAL, StopSignals, create_app, finish_requests
-from service.config import ConfigError, RelayConfig, known_variables, load_config, short_tokens
+from service.config import (
+    SHORT_TOKEN,
+    ConfigError,
+    RelayConfig,
+    known_variables,
+    load_config,
+    short_tokens,
+)
 from service.relay import RELAY
 from service.setup_check import check_sinks
 from sinks.spool_files import ProcessLock, SpoolLockedError
@@ -195,8 +202,8 @@ def _serve_locked(config: RelayConfig) -> int:
         log.warning(
             "ingest_tokens_short",
             tenants=short,
-            message="these tenants' RELAY_INGEST_TOKENS are under 16 characters, easy to guess:"
-            " generate tokens with `openssl rand -hex 32`",
+            message=f"these tenants' RELAY_INGEST_TOKENS are under {SHORT_TOKEN} characters,"
+            " easy to guess: generate tokens with `openssl rand -hex 32`",
         )
     if config.workers == 1:
         return _run_worker(config, 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-from foundation.secrets import is_secret_key
+from foundation.secrets import is_placeholder, is_secret_key
 from foundation.settings import ConfigError, EnvReader, mask
 from receiver.processors import CONTENT_POLICIES, ContentPolicy
 from sinks.base import DispatchSettings
@@ -96,39 +95,8 @@ DEFAULTS: Final = RelayConfig()
 DEFAULT_SINKS: Final = ("file",)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 MIN_SPOOL_BYTES: Final = 64 * 1024
-BOOLEANS: Final = {"true": True, "1": True, "yes": True, "on": True}
-BOOLEANS_FALSE: Final = {"false": False, "0": False, "no": False, "off": False}
 # A token shorter than this is logged as a warning at start (never refused: it may be in use).
 SHORT_TOKEN: Final = 16
-# Values that are a template's placeholder, not a credential (README, Configuration): compared
-# case-blind, without the separators people put in them (``Replace_Me`` is ``replace-me``).
-_PLACEHOLDER_WORDS: Final = re.compile(
-    r"replaceme|changeme|changeit|placeholder|todo|your(?:ingest|api)?(?:token|key|secret)(?:here)?"
-    r"|x{3,}|\*{3,}"
-)
-_SEPARATORS: Final = re.compile(r"[-_.\s]+")
-# ``<token>``, ``<one of RELAY_INGEST_TOKENS>``, an unexpanded ``${VARIABLE}``.
-_PLACEHOLDER_SHAPES: Final = re.compile(r"<[^<>]*>|\$\{[^{}]*\}")
-
-
-def is_placeholder(value: str, pair: bool = False) -> bool:
-    """Whether a credential setting holds an obvious placeholder (``replace-me``, ``changeme``,
-    ``<token>``, ``xxxx``, ``your-token``, the log's own mask ``***``...).
-
-    A Kubernetes Secret or an ``.env`` file applied as shipped would otherwise make the
-    placeholder a working ingest token that anyone who read the manifest knows. The list is short
-    on purpose: a real token refused at start stops a running deployment at its next restart.
-    """
-    text = value.strip()
-    # Basic credentials (``pair``) are ``user:password``: a template's ``<instance id>:<access
-    # token>``. Only they are split: a token may hold a colon, and a part of it is no placeholder.
-    parts = [text, *text.split(":")] if pair and ":" in text else [text]
-    return any(
-        _PLACEHOLDER_SHAPES.fullmatch(part)
-        or _PLACEHOLDER_WORDS.fullmatch(_SEPARATORS.sub("", part.lower()))
-        for part in parts
-        if part
-    )
 
 
 def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
@@ -166,12 +134,6 @@ def short_tokens(tokens: Mapping[str, str | None]) -> list[str]:
     """The tenants (``-`` for none) whose token is shorter than ``SHORT_TOKEN``: worth a warning
     (a short token can be guessed), not a refusal (it may be what the gateways send today)."""
     return [tenant or "-" for token, tenant in tokens.items() if len(token) < SHORT_TOKEN]
-
-
-def _boolean(env: EnvReader, name: str, default: bool) -> bool:
-    words = {**BOOLEANS, **BOOLEANS_FALSE}
-    choice = env.choice(name, "true" if default else "false", tuple(words))
-    return words[choice]
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> RelayConfig:
@@ -220,8 +182,8 @@ def _load(env: EnvReader) -> RelayConfig:
         workers=env.integer("RELAY_WORKERS", DEFAULTS.workers, 1, 256),
         shutdown_delay=env.number("RELAY_SHUTDOWN_DELAY", DEFAULTS.shutdown_delay, 0.0, 3600.0),
         shutdown_grace=env.number("RELAY_SHUTDOWN_GRACE", DEFAULTS.shutdown_grace, 0.0, 3600.0),
-        probe_sinks_at_start=_boolean(
-            env, "RELAY_PROBE_SINKS_AT_START", DEFAULTS.probe_sinks_at_start
+        probe_sinks_at_start=env.boolean(
+            "RELAY_PROBE_SINKS_AT_START", DEFAULTS.probe_sinks_at_start
         ),
         log_level=env.choice("RELAY_LOG_LEVEL", DEFAULTS.log_level, LOG_LEVELS),
         sinks=sinks,

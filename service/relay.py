@@ -123,11 +123,10 @@ class Relay:
     def refusal(self) -> str | None:
         # Draining does not refuse: while the spool is open an event is stored and acknowledged
         # (most gateways never re-send a refused one). Only once the spool is closing is it too
-        # late; by then the server has stopped taking requests.
+        # late; by then the server has stopped taking requests. A spool near its limit does not
+        # refuse either: the spool's append takes every request that fits.
         if self._stopped:
             return "the relay is shutting down; retry shortly"
-        if self.spool.full:
-            return "the spool is full (RELAY_SPOOL_MAX_BYTES)"
         if self.spool_problem is not None:
             return "the spool cannot store events now; see /v1/status"
         return None

@@ -110,21 +110,21 @@ async def run(config: RelayConfig, source: Path, only: Sequence[str]) -> int:
     dead_letters = DeadLetters(config.data_dir / "dead-letter")
     locks: list[ProcessLock] = []
     try:
-        plan = await _plan(config, source, [name.lower() for name in only], dead_letters)
-        locks = _lock_data_dirs(plan)
-        sinks = await _start_sinks(config, plan.sinks)
-    except UsageError as error:
-        print(f"llm-broadcast-relay replay: {error}", file=sys.stderr)
-        if error.settings:
-            print(f"  {SETTINGS}", file=sys.stderr)
-        dead_letters.close()
-        _release(locks)
-        return EXIT_USAGE
-    try:
-        statuses = await _deliver(config, plan, sinks, dead_letters)
+        try:
+            plan = await _plan(config, source, [name.lower() for name in only], dead_letters)
+            locks = _lock_data_dirs(plan)
+            sinks = await _start_sinks(config, plan.sinks)
+        except UsageError as error:
+            print(f"llm-broadcast-relay replay: {error}", file=sys.stderr)
+            if error.settings:
+                print(f"  {SETTINGS}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            statuses = await _deliver(config, plan, sinks, dead_letters)
+        finally:
+            for sink in sinks.values():
+                await sink.close()
     finally:
-        for sink in sinks.values():
-            await sink.close()
         dead_letters.close()
         _release(locks)
     return _summarize(plan, statuses, dead_letters)

@@ -53,6 +53,8 @@ _CLEANUP_ROWS: Final = 50_000
 # bytes of JSON (decoded, an event takes a few times its JSON size).
 TAIL_EVENTS: Final = 8192
 TAIL_BYTES: Final = 8 * 1024 * 1024
+# What a spool must still have room for to call itself ready (/readyz): a typical request.
+READY_HEADROOM: Final = 64 * 1024
 
 
 class SpoolFullError(Exception):
@@ -182,9 +184,10 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        """At ``max_bytes``: no request fits. Below it, a request that fits is taken and one
-        that does not is refused by ``append`` alone (RELAY_SPOOL_MAX_BYTES means what it says)."""
-        return self.stored_bytes + self._pending_bytes >= self.max_bytes
+        """No room for a typical request (``READY_HEADROOM``): not ready, so that a load balancer
+        sends traffic elsewhere before requests are refused. Ingest still takes any request that
+        fits (``append`` alone refuses, at RELAY_SPOOL_MAX_BYTES exactly)."""
+        return not self.has_room(READY_HEADROOM)
 
     async def append(
         self, bodies: Sequence[bytes], events: Sequence[LLMEvent] | None = None

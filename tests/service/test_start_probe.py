@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from service.config import is_placeholder
+from foundation.secrets import is_placeholder
 from tests.helpers.otlp_peer import OK
 from tests.helpers.payloads import otlp_json_spans, span_ids
 from tests.helpers.ports import free_port

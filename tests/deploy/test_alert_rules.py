@@ -170,10 +170,14 @@ def pick(samples: Scrape, name: str, **labels: str) -> Labels:
 
 @dataclass
 class Case:
-    """One promtool test group: series (one sample a minute) and what the alert does at the end."""
+    """One promtool test group: series (one sample every ``interval`` minutes, and the rules
+    evaluated as often) and what the alert does at the end."""
 
     series: dict[str, Values] = field(default_factory=dict)
-    minutes: int = 0
+    samples: int = 0
+    # A case spanning a week samples every 30 minutes: promtool evaluates every rule at each
+    # step, and a week of minutes takes it minutes.
+    interval: int = 1
     # The alert's labels, besides alertname and severity (one dict per alert expected).
     firing: dict[str, str] | list[dict[str, str]] | None = None
 
@@ -184,20 +188,20 @@ class Case:
         merged = dict(labels) | dict(target)
         selector = ",".join(f'{k}="{v}"' for k, v in sorted(merged.items()))
         self.series[f"{name}{{{selector}}}"] = values
-        self.minutes = max(self.minutes, len(values) - 1)
+        self.samples = max(self.samples, len(values) - 1)
 
 
 def values_text(values: Values) -> str:
     return " ".join("_" if v is None else repr(float(v)) for v in values)
 
 
-def run_promtool(tmp_path: Path, groups: list[dict[str, Any]]) -> None:
+def run_promtool(tmp_path: Path, groups: list[dict[str, Any]], interval: int = 1) -> None:
     rules = one_document(ALERTS)
     for group in rules["groups"]:
         for rule in group["rules"]:
             rule.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": groups}
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": f"{interval}m", "tests": groups}
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
     result = subprocess.run(
         ["promtool", "test", "rules", "tests.yml"],
@@ -215,12 +219,11 @@ def alert_group(alert: str, case: Case) -> dict[str, Any]:
     firing = [case.firing] if isinstance(case.firing, dict) else case.firing or []
     severity = {"severity": rule["labels"]["severity"]}
     expected = [{"exp_labels": labels | severity} for labels in firing]
+    end = f"{case.samples * case.interval}m"
     return {
-        "interval": "1m",
+        "interval": f"{case.interval}m",
         "input_series": [{"series": s, "values": values_text(v)} for s, v in case.series.items()],
-        "alert_rule_test": [
-            {"eval_time": f"{case.minutes}m", "alertname": alert, "exp_alerts": expected}
-        ],
+        "alert_rule_test": [{"eval_time": end, "alertname": alert, "exp_alerts": expected}],
     }
 
 
@@ -283,6 +286,27 @@ def upstream_errors(s: Scrapes, fires: bool) -> Case:
         case.add(name, labels, ramp(per_minute, 25, s.after[name][labels]))
     gateway = dict(errors)["gateway"]
     case.firing = {"gateway": gateway, "upstream": "openai"} if fires else None
+    return case
+
+
+WEEK = 7 * 24 * 2  # half hours
+
+
+def routing_drift(s: Scrapes, fires: bool) -> Case:
+    """A week of gpt-4o calls, 9 a minute served by openai and 1 by a second upstream, then an
+    hour in which the second serves 7 of every 10 (or the same 1 in 10 as before); a sample
+    every half hour."""
+    name, case = "llm_requests_total", Case(interval=30)
+    openai = pick(s.after, name, model="gpt-4o", upstream="openai", status="ok")
+    # The same series with another upstream: the label set a real relay exports, one value moved.
+    azure = frozenset((k, "azure" if k == "upstream" else v) for k, v in openai)
+    start = s.after[name][openai]
+    for labels, week, hour in ((openai, 9, 3 if fires else 9), (azure, 1, 7 if fires else 1)):
+        before = ramp(week * 30, WEEK, start)
+        case.add(name, labels, before + ramp(hour * 30, 2, before[-1] or 0.0)[1:])
+    gateway = dict(openai)["gateway"]
+    firing = [{"gateway": gateway, "model": "gpt-4o", "upstream": u} for u in ("azure", "openai")]
+    case.firing = firing if fires else None
     return case
 
 
@@ -375,6 +399,7 @@ def ingest_rejected(s: Scrapes, fires: bool) -> Case:
 
 ALERT_CASES: dict[str, Callable[[Scrapes, bool], Case]] = {
     "LLMSpendSpike": spend,
+    "LLMRoutingDrift": routing_drift,
     "LLMUpstreamErrorRateHigh": upstream_errors,
     "LLMGatewaySilent": gateway_silent,
     "RelayDown": relay_down,
@@ -394,7 +419,8 @@ def test_every_alert_has_its_cases() -> None:
 @pytest.mark.parametrize("fires", [True, False], ids=["fires", "silent"])
 @pytest.mark.parametrize("alert", sorted(ALERT_CASES))
 def test_alert(scrapes: Scrapes, tmp_path: Path, alert: str, fires: bool) -> None:
-    run_promtool(tmp_path, [alert_group(alert, ALERT_CASES[alert](scrapes, fires))])
+    case = ALERT_CASES[alert](scrapes, fires)
+    run_promtool(tmp_path, [alert_group(alert, case)], case.interval)
 
 
 # -- the dashboard's token queries --------------------------------------------------------------

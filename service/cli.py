@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -273,13 +272,6 @@ async def _test_connection(config: RelayConfig, send_test_event: bool) -> int:
     return 0 if all(result.ok for result in results.values()) else 1
 
 
-# -- replay --------------------------------------------------------------------------------------
-
-
-async def _replay(config: RelayConfig, path: Path, only: Sequence[str]) -> int:
-    return await replay.run(config, path, only)  # service/replay.py
-
-
 # -- entry point ---------------------------------------------------------------------------------
 
 
@@ -312,5 +304,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(config)
     if args.command == "test-connection":
         return asyncio.run(_test_connection(config, args.send_test_event))
-    only = [name.strip() for name in args.sinks.split(",") if name.strip()]
-    return asyncio.run(_replay(config, args.file, only))
+    return asyncio.run(replay.run(config, args.file, args.sinks))  # service/replay.py

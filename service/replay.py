@@ -20,7 +20,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -106,12 +105,14 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--sinks", default="", help="comma list of enabled sinks (see above)")
 
 
-async def run(config: RelayConfig, source: Path, only: Sequence[str]) -> int:
+async def run(config: RelayConfig, source: Path, sinks_option: str = "") -> int:
+    """``replay SOURCE [--sinks a,b]``: the exit code (see ``DESCRIPTION``)."""
+    only = [name.strip().lower() for name in sinks_option.split(",") if name.strip()]
     dead_letters = DeadLetters(config.data_dir / "dead-letter")
     locks: list[ProcessLock] = []
     try:
         try:
-            plan = await _plan(config, source, [name.lower() for name in only], dead_letters)
+            plan = await _plan(config, source, only, dead_letters)
             locks = _lock_data_dirs(plan)
             sinks = await _start_sinks(config, plan.sinks)
         except UsageError as error:

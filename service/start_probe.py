@@ -15,7 +15,7 @@ from typing import Final
 
 import structlog
 
-from service.setup_check import SinkCheck, check_sinks
+from service.setup_check import check_sinks
 from sinks.base import Sink
 
 log = structlog.get_logger("relay")
@@ -26,7 +26,7 @@ FAILED_HINT: Final = (
 )
 
 
-async def probe_sinks_at_start(sinks: Mapping[str, Sink]) -> dict[str, SinkCheck]:
+async def probe_sinks_at_start(sinks: Mapping[str, Sink]) -> None:
     """Probe each sink (each bounded by ``setup_check.PROBE_TIMEOUT`` and the sink's own request
     timeout) and log its verdict: info when it passes, a warning with the check's message when
     it fails."""
@@ -37,4 +37,3 @@ async def probe_sinks_at_start(sinks: Mapping[str, Sink]) -> dict[str, SinkCheck
             log.info("sink_probe_passed", sink=name, message=result.message)
         else:
             log.warning("sink_probe_failed", sink=name, message=result.message, hint=FAILED_HINT)
-    return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -98,6 +99,24 @@ class RelayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self, event: str, **fields: object) -> list[dict[str, Any]]:
+        """The relay's JSON log records named ``event`` whose fields include ``fields``, so far.
+        Workers share one stderr and a record's newline is written apart from it, so two records
+        may share a line; the last one may still be being written."""
+        decoder = json.JSONDecoder()
+        found = []
+        for text in self.log().splitlines():
+            at = 0
+            while at < len(text):
+                try:
+                    record, at = decoder.raw_decode(text, at)
+                except json.JSONDecodeError:
+                    break
+                named = isinstance(record, dict) and record.get("event") == event
+                if named and fields.items() <= record.items():
+                    found.append(record)
+        return found
 
     def request(
         self,

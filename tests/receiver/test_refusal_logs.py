@@ -41,18 +41,6 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
         yield process
 
 
-def lines(relay: RelayProcess, event: str, **fields: object) -> list[dict[str, Any]]:
-    """The relay's log lines named ``event`` whose fields include ``fields``."""
-    found = []
-    for line in relay.log().splitlines():
-        if not line.startswith("{"):
-            continue
-        record = orjson.loads(line)
-        if record.get("event") == event and fields.items() <= record.items():
-            found.append(record)
-    return found
-
-
 def rejected(relay: RelayProcess, route: str, reason: str) -> float:
     return relay.metric("relay_items_rejected_total", route=route, reason=reason)
 
@@ -75,7 +63,7 @@ def test_a_wrong_token_is_logged_at_once_and_never_written(relay: RelayProcess) 
     assert rejected(relay, "otlp", "unauthorized") == before + 3
 
     (line,) = wait_until(
-        lambda: lines(relay, "ingest_refused", route="otlp", reason="unauthorized")
+        lambda: relay.log_records("ingest_refused", route="otlp", reason="unauthorized")
     )
     assert line["level"] == "warning"
     assert line["status"] == 401
@@ -149,7 +137,7 @@ def test_each_refusal_is_one_line_per_interval_and_one_count_each(
     assert {code for code, _ in answers} == {status}
     assert rejected(relay, route, reason) == before + len(answers)
 
-    found = wait_until(lambda: lines(relay, "ingest_refused", route=route, reason=reason))
+    found = wait_until(lambda: relay.log_records("ingest_refused", route=route, reason=reason))
     assert len(found) == 1, found
     (line,) = found
     assert line["level"] == "warning"
@@ -167,7 +155,7 @@ def test_invalid_items_are_logged_with_the_first_one(relay: RelayProcess) -> Non
     assert answer.status == 200, answer.data
     assert rejected(relay, "events", "invalid_item") == before + 1
 
-    (line,) = wait_until(lambda: lines(relay, "items_rejected", route="events"))
+    (line,) = wait_until(lambda: relay.log_records("items_rejected", route="events"))
     assert line["level"] == "info", "the rest of the batch was stored"
     assert (line["count"], line["accepted"], line["status"]) == (1, 1, 200)
     assert "cost.total" in line["first"]
@@ -183,7 +171,7 @@ def test_a_body_without_items_is_counted_and_logged(relay: RelayProcess) -> None
     assert orjson.loads(answer.data)["accepted"] == 0
     assert empty() == before + 1
 
-    (line,) = wait_until(lambda: lines(relay, "no_events", route="events"))
+    (line,) = wait_until(lambda: relay.log_records("no_events", route="events"))
     assert line["level"] == "info"
     assert line["skipped"] == 0
 
@@ -205,7 +193,7 @@ def test_a_body_of_spans_that_are_no_llm_call_is_logged(relay: RelayProcess) -> 
     assert answer.status == 200
     assert not_llm() == before + 2
 
-    (line,) = wait_until(lambda: lines(relay, "no_events", route="otlp"))
+    (line,) = wait_until(lambda: relay.log_records("no_events", route="otlp"))
     assert line["skipped"] == 2
     assert "relay_items_skipped_total" in line["message"]
 
@@ -221,7 +209,7 @@ def test_a_test_connection_answered_200_is_one_info_line_not_a_refusal(
         assert relay.request("POST", "/v1/traces", b"", test).status == 200
     assert rejected(relay, "otlp", "unsupported") == before
 
-    (line,) = wait_until(lambda: lines(relay, "test_connection", route="otlp"))
+    (line,) = wait_until(lambda: relay.log_records("test_connection", route="otlp"))
     assert line["level"] == "info"
     assert (line["status"], line["waived_status"], line["test_connection"]) == (200, 415, True)
 
@@ -235,15 +223,17 @@ def test_a_burst_is_one_line_and_the_next_says_how_many_were_held_back(
     for _ in range(burst):
         assert relay.request("POST", "/v1/events", b"[]", {"X-Probe": "1"}).status == 401
     assert rejected(relay, "events", "unauthorized") == before + burst
-    assert len(lines(relay, "ingest_refused", route="events", reason="unauthorized")) == 1
+    assert len(relay.log_records("ingest_refused", route="events", reason="unauthorized")) == 1
 
     def summary() -> list[dict[str, Any]]:
-        return lines(relay, "ingest_refused", route="events", reason="unauthorized", summary=True)
+        return relay.log_records(
+            "ingest_refused", route="events", reason="unauthorized", summary=True
+        )
 
     (line,) = wait_until(summary, timeout=LOG_INTERVAL_SECONDS + 10)
     assert line["suppressed"] == burst - 1
     assert line["authorization"] == "none"
-    assert len(lines(relay, "ingest_refused", route="events", reason="unauthorized")) == 2
+    assert len(relay.log_records("ingest_refused", route="events", reason="unauthorized")) == 2
 
 
 # -- a full spool --------------------------------------------------------------------------------
@@ -266,7 +256,7 @@ def test_a_full_spool_is_one_warning_and_every_503_counted(tmp_path: Path) -> No
         assert set(statuses) == {200, 503}
         assert rejected(relay, "events", "unavailable") == 3
 
-        (line,) = wait_until(lambda: lines(relay, "ingest_refused", reason="unavailable"))
+        (line,) = wait_until(lambda: relay.log_records("ingest_refused", reason="unavailable"))
         assert line["level"] == "warning"
         assert line["status"] == 503
         assert "RELAY_SPOOL_MAX_BYTES" in line["message"]
@@ -278,7 +268,7 @@ def test_a_full_spool_is_one_warning_and_every_503_counted(tmp_path: Path) -> No
 def test_at_info_level_an_accepted_request_writes_nothing(relay: RelayProcess) -> None:
     answer = relay.request("POST", "/v1/events", orjson.dumps([native_event("quiet")]), JSON)
     assert answer.status == 200 and orjson.loads(answer.data)["accepted"] == 1
-    assert lines(relay, "ingest_accepted") == []
+    assert relay.log_records("ingest_accepted") == []
     assert '"level": "debug"' not in relay.log()
 
 
@@ -289,7 +279,7 @@ def test_at_debug_level_each_accepted_request_is_one_line(tmp_path: Path) -> Non
         answer = relay.request("POST", "/v1/events", body, JSON)
         assert answer.status == 200 and orjson.loads(answer.data)["accepted"] == 2
 
-        (line,) = wait_until(lambda: lines(relay, "ingest_accepted", route="events"))
+        (line,) = wait_until(lambda: relay.log_records("ingest_accepted", route="events"))
         assert line["level"] == "debug"
         assert (line["format"], line["events"], line["skipped"], line["rejected"]) == (
             "native",

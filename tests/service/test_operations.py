@@ -75,8 +75,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 
 
 def test_effective_config_is_logged_with_secrets_masked(relay: RelayProcess) -> None:
-    lines = [orjson.loads(line) for line in relay.log().splitlines() if line.startswith("{")]
-    (config,) = [line for line in lines if line.get("event") == "config"]
+    (config,) = relay.log_records("config")
     assert config["content"] == "hash"
     assert config["ingest_tokens"] == ["acme=***", "-=***"]
     assert config["sinks"]["file"]["path"].endswith("llm-events.jsonl")

@@ -12,7 +12,6 @@ import gzip
 import re
 import sqlite3
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -377,14 +376,7 @@ async def test_a_link_to_the_live_dead_letter_file_is_refused_before_reading(
 
 
 def test_help_says_replay_needs_the_servers_sink_settings() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "replay", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = RelayProcess(ROOT / "data").run_cli("replay", "--help")
     assert result.returncode == 0
     for words in ("server's sink settings", "RELAY_SINKS", "docker compose exec relay", "spool"):
         assert words in result.stdout

@@ -8,7 +8,6 @@ that accepts and never answers) with the relay as users run it (a subprocess).
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,27 +27,9 @@ from tests.helpers.waiting import eventually, wait_until
 JSON = {"Content-Type": "application/json"}
 
 
-def log_lines(relay: RelayProcess, event: str) -> list[dict[str, Any]]:
-    """The relay's log records for ``event`` so far. Workers share one stderr and a record's
-    newline is written apart from it, so two records may share a line; the last one may still
-    be being written."""
-    decoder = json.JSONDecoder()
-    found = []
-    for text in relay.log().splitlines():
-        at = 0
-        while at < len(text):
-            try:
-                record, at = decoder.raw_decode(text, at)
-            except json.JSONDecodeError:
-                break
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-    return found
-
-
 def verdicts(relay: RelayProcess) -> dict[str, dict[str, Any]]:
     """Each sink's probe line so far, by sink."""
-    found = log_lines(relay, "sink_probe_passed") + log_lines(relay, "sink_probe_failed")
+    found = relay.log_records("sink_probe_passed") + relay.log_records("sink_probe_failed")
     return {line["sink"]: line for line in found}
 
 
@@ -156,10 +137,10 @@ async def test_only_worker_0_probes(tmp_path: Path) -> None:
     relay = probing(tmp_path / "data", peer.url + "/v1/traces", RELAY_WORKERS="2")
     try:
         await asyncio.to_thread(relay.start)
-        await eventually(lambda: len(log_lines(relay, "listening")) == 2, message="2 workers")
+        await eventually(lambda: len(relay.log_records("listening")) == 2, message="2 workers")
         await eventually(lambda: len(verdicts(relay)) == 2, message="worker 0's verdicts")
         assert await asyncio.to_thread(relay.stop) == 0
-        assert len(log_lines(relay, "sink_probe_passed")) == 2  # file and otlp, once each
+        assert len(relay.log_records("sink_probe_passed")) == 2  # file and otlp, once each
         assert len(peer.requests) == 1
     finally:
         relay.kill_all()
@@ -235,6 +216,6 @@ def test_a_placeholder_of_a_disabled_sink_is_not_read(tmp_path: Path) -> None:
 def test_a_short_token_is_a_warning_not_a_refusal(tmp_path: Path) -> None:
     tokens = "acme=tok-acme-123,beta=" + "0f" * 32
     with RelayProcess(tmp_path / "data", {"RELAY_INGEST_TOKENS": tokens}) as relay:
-        (warning,) = log_lines(relay, "ingest_tokens_short")
+        (warning,) = relay.log_records("ingest_tokens_short")
         assert warning["tenants"] == ["acme"]
         assert "tok-acme-123" not in relay.log()

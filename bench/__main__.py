@@ -66,11 +66,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--client", choices=("raw", "aiohttp"), default="raw", help="load generator client"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument(
+        "--relay-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a RELAY_* setting for the relay, repeatable (e.g. RELAY_DATADOG_CONTENT=hash); one"
+        " that leaves events out of a sink (a filter, sampling) stalls the wait for delivery",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.soak:
         parser.error("--quick and --soak exclude each other")
     if args.soak and args.overload:
         parser.error("--soak and --overload exclude each other")
+    for item in args.relay_setting:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("RELAY_"):
+            parser.error(f"--relay-setting takes RELAY_NAME=VALUE, got {item!r}")
     for name in ("seconds", "connections", "rate"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -85,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = Settings(seconds=seconds, connections=args.connections or (16 if args.quick else 64))
     rate = args.rate or (SOAK_RATE if args.soak else None)
-    settings = replace(settings, client=args.client, keep=args.keep, rate=rate)
+    relay_settings = dict(item.split("=", 1) for item in args.relay_setting)
+    settings = replace(
+        settings, client=args.client, keep=args.keep, rate=rate, relay_settings=relay_settings
+    )
     if args.quick:
         settings = replace(settings, variants=8, drain_timeout=20.0)
     if settings.cores.client is not None and hasattr(os, "sched_setaffinity"):

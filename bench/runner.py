@@ -50,6 +50,9 @@ class Settings:
     poll_interval: float = 0.05
     cores: Cores = field(default_factory=Cores.plan)
     keep: bool = False
+    # More RELAY_* settings for the relay (--relay-setting), e.g. a sink's filter or content
+    # policy, to measure what it costs. Settings that leave events out would stall the drain.
+    relay_settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -229,7 +232,9 @@ def run_relay(
                 ["-m", "service"],
                 directory / "relay.log",
                 s.cores.server,
-                env=relay_environment(port, data_dir, **sink_settings(tempo_port, datadog_port)),
+                env=relay_environment(
+                    port, data_dir, **sink_settings(tempo_port, datadog_port), **s.relay_settings
+                ),
             ),
         )
         wait_ready(relay, port, "/readyz")

@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from foundation.secrets import redact_text
 from foundation.times import now
+from receiver import pricing
 from receiver.auth import UNAUTHENTICATED, tenant_for
 from receiver.bodies import BodyError, read_body
 from receiver.intake import INTAKE, IntakeFullError
@@ -35,8 +36,9 @@ from receiver.normalizers.base import (
     Normalizer,
     Rejection,
 )
-from receiver.processors import ContentPolicy, process
+from receiver.processors import process
 from schemas import LLMEvent
+from schemas.content import ContentPolicy
 from schemas.llm_event import SourceFormat
 from telemetry import ingest_outcomes as outcomes
 from telemetry.logs import debug_enabled
@@ -156,7 +158,7 @@ async def _accept(request: web.Request, ingress: Ingress) -> Normalized:
     received_ns, received_at = now()
     context = IngestContext(received_ns, received_at, request.content_type)
     owner = tenant if isinstance(tenant, str) else None
-    prepare = partial(_prepare, source, body, context, owner, intake.content)
+    prepare = partial(_prepare, source, body, context, owner, intake.content, intake.cost_table)
     # A large body takes CPU in proportion: off the loop that answers everyone else.
     large = len(body) > OFF_LOOP_BYTES
     try:
@@ -208,9 +210,15 @@ def _book(request: web.Request, outcome: outcomes.Outcome) -> None:
 
 
 def _prepare(
-    source: Input, body: bytes, context: IngestContext, tenant: str | None, content: ContentPolicy
+    source: Input,
+    body: bytes,
+    context: IngestContext,
+    tenant: str | None,
+    content: ContentPolicy,
+    cost_table: bool,
 ) -> tuple[Normalized, list[bytes]]:
-    """The CPU work of a request: its events normalized, processed and encoded as spooled."""
+    """The CPU work of a request: its events normalized, processed, priced from the table when
+    the gateway reported no cost (``RELAY_COST_TABLE``), and encoded as spooled."""
     result = source.normalize(body, context)
     # A rejection names the item and quotes the problem: neither may carry a credential.
     result.rejected = [
@@ -220,6 +228,8 @@ def _prepare(
     if not result.events:
         return result, []
     process(result.events, tenant, content)
+    if cost_table:
+        pricing.price_events(result.events)
     return result, _encoded(result)
 
 

@@ -12,8 +12,8 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from receiver.processors import ContentPolicy
 from schemas import LLMEvent
+from schemas.content import ContentPolicy
 from telemetry.metrics import Metrics
 
 
@@ -38,7 +38,12 @@ class Intake(Protocol):
 
     @property
     def content(self) -> ContentPolicy:
-        """What to keep of prompts and completions."""
+        """What the spool keeps of prompts and completions: the least strict policy any sink
+        sends with (each sink's dispatcher applies its own)."""
+
+    @property
+    def cost_table(self) -> bool:
+        """Whether events without a reported cost are priced from a table (``receiver.pricing``)."""
 
     @property
     def metrics(self) -> Metrics: ...

@@ -3,78 +3,19 @@
 - the tenant of the ingest token is recorded;
 - credentials left in attributes are removed (normalizers remove the ones they know by name), and
   so are those under other names of a message or a part (what a message says is left as said);
-- the prompt/completion policy ``RELAY_CONTENT`` is applied: ``full`` keeps content, ``redact``
-  drops it and keeps the metadata, ``hash`` replaces every text with its SHA-256 so equal prompts
-  can still be matched without being readable.
+- the content policy is applied (``schemas.content``): the loosest that any sink's policy needs
+  (``RELAY_CONTENT``, ``RELAY_<SINK>_CONTENT``); each sink's dispatcher applies its own, stricter
+  one to what it sends.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 from foundation.secrets import is_secret_key, might_hold_secret, redact_text, scrub, scrub_value
 from schemas import LLMEvent, Message
-
-ContentPolicy = Literal["full", "redact", "hash"]
-CONTENT_POLICIES: Final = get_args(ContentPolicy)
-
-# Attributes that carry prompt or completion text under names senders use.
-CONTENT_KEYS: Final = frozenset(
-    {
-        "gen_ai.prompt",
-        "gen_ai.completion",
-        "gen_ai.input.messages",
-        "gen_ai.output.messages",
-        "gen_ai.system_instructions",
-        "gen_ai.tool.call.arguments",
-        "gen_ai.tool.call.result",
-        "span.input",
-        "span.output",
-        "trace.input",
-        "trace.output",
-        "input.value",
-        "output.value",
-        "llm.prompts",
-        "llm.choices",
-        # OpenInference's request parameters may hold text (OpenAI's predicted output).
-        "llm.invocation_parameters",
-        "embedding.invocation_parameters",
-    }
-)
-CONTENT_PREFIXES: Final = (
-    "gen_ai.prompt.",
-    "gen_ai.completion.",
-    "llm.input_messages.",
-    "llm.output_messages.",
-)
-
-
-def is_content_key(key: str) -> bool:
-    return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
-
-
-def digest(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-# What a part says (as opposed to its type, id or tool name): a text, a tool's result, the
-# arguments a model chose.
-_PART_CONTENT: Final = ("content", "response", "arguments")
-
-
-def _hash_messages(messages: Iterable[Message]) -> list[Message]:
-    hashed: list[Message] = []
-    for message in messages:
-        parts = [
-            {k: digest(v) if k in _PART_CONTENT else v for k, v in part.items()}
-            for part in message.get("parts", [])
-        ]
-        hashed.append({**message, "parts": parts})
-    return hashed
-
+from schemas.content import PART_CONTENT, ContentPolicy, apply_policy
 
 # The event's fields that hold a name a sender chose. A normalizer may have had to write a
 # structure it was given there as text (its repr), credentials and all.
@@ -137,7 +78,7 @@ def _scrub_fields(fields: dict[str, Any]) -> None:
         kind = type(value)
         if key == "parts":
             continue
-        if key in _PART_CONTENT:
+        if key in PART_CONTENT:
             if kind is dict or kind is list:
                 fields[key] = scrub_value(value)
         elif key not in _PLAIN_KEYS and is_secret_key(key):
@@ -162,19 +103,4 @@ def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) 
             if messages in event:
                 _scrub_messages(event[messages])
         _redact_names(event)
-        if content == "full":
-            continue
-        if content == "redact":
-            event.pop("input_messages", None)
-            event.pop("output_messages", None)
-            if attributes:
-                for key in [k for k in attributes if is_content_key(k)]:
-                    del attributes[key]
-        else:
-            for side in ("input_messages", "output_messages"):
-                if side in event:
-                    event[side] = _hash_messages(event[side])
-            if attributes:
-                for key in [k for k in attributes if is_content_key(k)]:
-                    attributes[key] = digest(attributes[key])
-        event.setdefault("attributes", {})["relay.content_policy"] = content
+        apply_policy(event, content)

@@ -3,8 +3,9 @@
 Events are plain dicts typed with ``TypedDict`` rather than classes: the relay builds, stores and
 serialises hundreds of thousands of them a second, and ``orjson`` writes a dict directly. Absent
 keys mean "unknown"; normalizers never invent a value (a missing cost is ``cost.source="unknown"``,
-never a 0). ``llm_event.v1.schema.json`` beside this module is the contract every emitted event
-validates against.
+never a 0; a cost the relay estimated from a price table says so, ``cost.source="table"``).
+``llm_event.v1.schema.json`` beside this module is the contract every emitted event validates
+against.
 """
 
 from __future__ import annotations
@@ -35,12 +36,18 @@ class Usage(TypedDict, total=False):
     reasoning_output_tokens: int
 
 
+CostSource = Literal["gateway", "table", "unknown"]
+
+
 class Cost(TypedDict, total=False):
     total: float
     input: float
     output: float
     currency: str
-    source: Literal["gateway", "unknown"]
+    # "gateway": reported by the sender; "table": estimated by the relay from a price table
+    # (``receiver.pricing``), named in ``table``; "unknown": neither, and no amount.
+    source: CostSource
+    table: str
 
 
 class Error(TypedDict, total=False):

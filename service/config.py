@@ -11,14 +11,14 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from foundation.secrets import is_placeholder, is_secret_key
 from foundation.settings import ConfigError, EnvReader, mask
-from receiver.processors import CONTENT_POLICIES, ContentPolicy
+from schemas.content import CONTENT_POLICIES, ContentPolicy, loosest
 from sinks.base import DispatchSettings
 from sinks.http import safe_url
 from sinks.registry import sink_specs
@@ -47,6 +47,7 @@ class RelayConfig:
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     spool_max_bytes: int = 1024 * 1024 * 1024
+    # The default of every sink's RELAY_<SINK>_CONTENT; ``stored_content`` is what the spool keeps.
     content: ContentPolicy = "full"
     # token -> tenant (None when the token carries no tenant)
     ingest_tokens: Mapping[str, str | None] = field(default_factory=dict)
@@ -62,8 +63,19 @@ class RelayConfig:
     # Probe every sink once after start, in the background, and log what fails (never stops the
     # start): a closed port or a refused key is said at once, not at the first event.
     probe_sinks_at_start: bool = True
+    # Price an event whose gateway reported no cost from genai-prices' table (cost.source "table",
+    # never over a reported cost); false leaves such a cost unknown.
+    cost_table: bool = True
     log_level: str = "info"
     sinks: Mapping[str, SinkSetup] = field(default_factory=dict)
+
+    @property
+    def stored_content(self) -> ContentPolicy:
+        """What the spool keeps of content: the least strict policy any sink sends with. Each
+        sink's dispatcher applies its own to what it sends."""
+        return loosest(
+            setup.dispatch.selection.content or self.content for setup in self.sinks.values()
+        )
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, as logged at start: secrets masked."""
@@ -83,6 +95,7 @@ class RelayConfig:
             "shutdown_delay": self.shutdown_delay,
             "shutdown_grace": self.shutdown_grace,
             "probe_sinks_at_start": self.probe_sinks_at_start,
+            "cost_table": self.cost_table,
             "sinks": {
                 name: {**setup.config.describe(), "dispatch": _dispatch(setup.dispatch)}
                 for name, setup in self.sinks.items()
@@ -100,11 +113,16 @@ SHORT_TOKEN: Final = 16
 
 
 def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
+    selection = settings.selection
     return {
         "batch_size": settings.batch_size,
         "flush_interval": settings.flush_interval,
         "max_retry_time": settings.max_retry_time,
         "timeout": settings.timeout,
+        "filter": selection.filter.source if selection.filter else None,
+        "sample_rate": selection.sample_rate,
+        "content": selection.content,
+        "content_max_bytes": selection.content_max_bytes,
     }
 
 
@@ -185,13 +203,26 @@ def _load(env: EnvReader) -> RelayConfig:
         probe_sinks_at_start=env.boolean(
             "RELAY_PROBE_SINKS_AT_START", DEFAULTS.probe_sinks_at_start
         ),
+        cost_table=env.boolean("RELAY_COST_TABLE", DEFAULTS.cost_table),
         log_level=env.choice("RELAY_LOG_LEVEL", DEFAULTS.log_level, LOG_LEVELS),
         sinks=sinks,
     )
+    config = replace(config, sinks=_with_content(config.sinks, config.content))
     _refuse_self_loops(env, config)
     _refuse_placeholders(env)
     env.raise_problems()
     return config
+
+
+def _with_content(sinks: Mapping[str, SinkSetup], default: ContentPolicy) -> dict[str, SinkSetup]:
+    """Each sink's content policy: its own RELAY_<SINK>_CONTENT, else RELAY_CONTENT."""
+    resolved = {}
+    for name, setup in sinks.items():
+        selection = setup.dispatch.selection
+        content = selection.content or default
+        dispatch = replace(setup.dispatch, selection=replace(selection, content=content))
+        resolved[name] = replace(setup, dispatch=dispatch)
+    return resolved
 
 
 def _refuse_placeholders(env: EnvReader) -> None:

@@ -26,8 +26,8 @@ from aiohttp import web
 
 from receiver.ingest import INGRESS
 from receiver.intake import IntakeFullError
-from receiver.processors import ContentPolicy
 from schemas import LLMEvent
+from schemas.content import ContentPolicy
 from service.config import RelayConfig
 from service.setup_check import SinkCheck, check_sinks
 from service.start_probe import probe_sinks_at_start
@@ -79,6 +79,7 @@ class Relay:
             for name, setup in config.sinks.items()
         }
         self.dispatchers = self._dispatchers(self.spool)
+        self._stored_content = config.stored_content  # read for every request
         # Failure counters exist at 0 from the start, so that alerts see their first rise.
         self.metrics.export_sinks(self.sinks)
         self.metrics.export_routes(ingress.name for ingress in INGRESS)
@@ -118,7 +119,11 @@ class Relay:
 
     @property
     def content(self) -> ContentPolicy:
-        return self.config.content
+        return self._stored_content
+
+    @property
+    def cost_table(self) -> bool:
+        return self.config.cost_table
 
     def refusal(self) -> str | None:
         # Draining does not refuse: while the spool is open an event is stored and acknowledged
@@ -302,6 +307,8 @@ class Relay:
                 "retries": state.retries,
                 "dead_lettered": state.dead_lettered,
                 "partial_rejected": state.partial_rejected,
+                "filtered": state.filtered,
+                "sampled_out": state.sampled_out,
                 "last_success_at": state.last_success_at,
                 "last_error": state.last_error,
                 "last_error_at": state.last_error_at,

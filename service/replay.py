@@ -408,6 +408,8 @@ class _Sender:
         total.sent += done.sent
         total.dead_lettered += done.dead_lettered
         total.partial_rejected += done.partial_rejected
+        total.filtered += done.filtered
+        total.sampled_out += done.sampled_out
 
 
 async def _deliver(
@@ -450,6 +452,11 @@ def _summarize(plan: Plan, statuses: dict[str, SinkStatus], dead_letters: DeadLe
             line += f" (to {dead_letters.path(name)})"
         if status.partial_rejected:
             line += f", {status.partial_rejected} of those sent refused by the peer (not retried)"
+        if status.filtered or status.sampled_out:
+            line += (
+                f", {status.filtered} left out by RELAY_{name.upper()}_FILTER and"
+                f" {status.sampled_out} by its sampling"
+            )
         print(line)
         undelivered += status.dead_lettered + status.partial_rejected
     for _, why in plan.skipped[:_SHOWN_SKIPS]:

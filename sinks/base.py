@@ -16,6 +16,7 @@ from typing import Any, Protocol, overload, runtime_checkable
 import orjson
 
 from schemas import LLMEvent
+from sinks.selection import Selection
 
 
 class SinkError(Exception):
@@ -87,6 +88,8 @@ class DispatchSettings:
     retry_after_cap: float = 300.0
     timeout: float = 30.0
     max_event_age: float | None = None
+    # Which events the sink gets, and in what form: RELAY_<SINK>_FILTER, _SAMPLE_*, _CONTENT*.
+    selection: Selection = field(default_factory=Selection)
 
 
 class Batch(Sequence[LLMEvent]):

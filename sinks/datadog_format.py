@@ -203,7 +203,8 @@ def span_metadata(event: LLMEvent) -> dict[str, str | float | bool]:
         ("cost_usd", cost.get("total")),
         ("cost_input_usd", cost.get("input")),
         ("cost_output_usd", cost.get("output")),
-        ("cost_source", cost.get("source")),
+        ("cost_source", cost.get("source")),  # gateway, table (the relay's estimate) or unknown
+        ("cost_table", cost.get("table")),
         ("http_status", error.get("http_status")),
         ("user_id", event.get("user_id")),
         ("api_key_name", (event.get("api_key") or {}).get("name")),
@@ -236,8 +237,10 @@ def span_metrics(event: LLMEvent) -> dict[str, float]:
     ttft_ms = event.get("ttft_ms")
     if isinstance(ttft_ms, int | float):
         metrics["time_to_first_token"] = ttft_ms / 1000.0  # Datadog wants seconds
-    # What the gateway billed, in USD: ddtrace's cost metric keys, which take precedence over
-    # Datadog's estimate from token counts (ddtrace/llmobs/_constants.py).
+    # The event's cost in USD (what the gateway billed, or the relay's price-table estimate when
+    # it reported none: meta.metadata.cost_source says which): ddtrace's cost metric keys, which
+    # take precedence over Datadog's estimate from token counts (ddtrace/llmobs/_constants.py), so
+    # that every sink shows the same figure.
     cost = event.get("cost") or {}
     for key, field in (("total_cost", "total"), ("input_cost", "input"), ("output_cost", "output")):
         amount = cost.get(field)

@@ -5,16 +5,19 @@ exporterhelper does this for every exporter), so that a sink is only "encode and
 
 For each batch, in order:
 1. a spooled row that is not an event's JSON is dead-lettered with its raw bytes;
-2. events older than the sink's ``max_event_age`` (the peer would refuse them) are dead-lettered;
-3. the batch is sent; ``RetryableError`` (``MisconfiguredError`` included: a key fixed a day later
+2. the sink's selection (``sinks.selection``: filter, sampling, content policy) leaves events out,
+   counted, and shapes the rest;
+3. events older than the sink's ``max_event_age`` (the peer would refuse them) are dead-lettered;
+4. the batch is sent; ``RetryableError`` (``MisconfiguredError`` included: a key fixed a day later
    still delivers the backlog) is retried with exponential backoff and full jitter (tenacity),
    waiting at least the peer's Retry-After (capped), until the oldest event in the batch has waited
    ``max_retry_time`` since it was received; then the batch is dead-lettered;
-4. ``PayloadTooLargeError`` splits the batch in halves until the offending event is alone, which is
+5. ``PayloadTooLargeError`` splits the batch in halves until the offending event is alone, which is
    dead-lettered; ``PermanentError`` does the same when the fault may lie with some events
    (``isolate``), or dead-letters the whole batch when the peer refuses everything. A sink that
    fails with anything else (a bug meeting an odd event) is treated as refusing those events;
-5. only when every event of the batch is resolved does the sink's cursor move on in the spool.
+6. only when every event of the batch is resolved (delivered, dead-lettered or left out by the
+   selection) does the sink's cursor move on in the spool.
 
 Nothing ends the loop but ``stop``: a failing database (a full disk) or a bug is logged, shown in
 ``/v1/status`` and retried after a pause. On shutdown a backoff wait ends at once and the batch
@@ -51,6 +54,7 @@ from sinks.outcomes import (
     DispatchFault,
     Retrying,
     SinkStatus,
+    Skipped,
 )
 from sinks.spool import Record, Spool, decode_records
 from telemetry.metrics import Metrics
@@ -162,6 +166,19 @@ class Dispatcher:
         events, encoded, undecodable = decode_records(records)
         if undecodable:
             await self._dead_letter_raw(undecodable)
+        selection = self.settings.selection
+        if not selection.selects_all:
+            selected = selection.select(events, encoded)
+            events, encoded = selected.events, selected.encoded
+            if selected.filtered or selected.sampled_out:
+                self.book.book(
+                    Skipped(
+                        selected.filtered,
+                        selected.sampled_out,
+                        selected.filter_errors,
+                        selected.filter_error,
+                    )
+                )
         max_age = self.settings.max_event_age
         if max_age is not None:
             # Peers judge age by when the call happened, not when the relay received it

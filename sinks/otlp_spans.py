@@ -22,7 +22,11 @@ attributes are listed in ``span_attributes``; each is set only when the event ha
   same values go out under OpenInference's names too, ``llm.cost.total``, ``llm.cost.prompt`` and
   ``llm.cost.completion``, the names OpenInference stores (Arize Phoenix among them) define for a
   call's cost. Phoenix (20.x) keeps them on the span but still prices its cost column from token
-  counts and its own model table: the gateway's figure is the one in these attributes.
+  counts and its own model table: the gateway's figure is the one in these attributes. Where the
+  figure comes from is ``gen_ai.usage.cost_source``: ``gateway`` (what the gateway reported, as
+  billed) or ``table`` (estimated by the relay from a price table because the gateway reported
+  none; ``gen_ai.usage.cost_table`` names the table and its version, ``genai-prices 0.2.3``). Both
+  are absent when the cost is unknown.
 - Routing: ``gen_ai.route.gateway``, ``gen_ai.route.upstream``, ``gen_ai.route.api_key.name`` /
   ``.hash``, ``gen_ai.route.rate_limit.<field>``; ``user.id``; ``http.response.status_code``.
 - Content: ``gen_ai.input.messages`` / ``gen_ai.output.messages`` as JSON strings, only when the
@@ -147,6 +151,8 @@ def span_attributes(event: LLMEvent) -> dict[str, Any]:
         "llm.cost.total": double(cost.get("total")),
         "llm.cost.prompt": double(cost.get("input")),
         "llm.cost.completion": double(cost.get("output")),
+        "gen_ai.usage.cost_source": None if cost.get("source") == "unknown" else cost.get("source"),
+        "gen_ai.usage.cost_table": cost.get("table"),
         "gen_ai.route.api_key.name": api_key.get("name"),
         "gen_ai.route.api_key.hash": api_key.get("hash"),
         **{f"gen_ai.route.rate_limit.{k}": v for k, v in event.get("rate_limit", {}).items()},

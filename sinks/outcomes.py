@@ -17,6 +17,8 @@ import structlog
 from telemetry.metrics import Metrics
 
 log = structlog.get_logger("relay.dispatch")
+# A failing filter fails on every event alike: one line a minute says so.
+FILTER_LOG_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -27,6 +29,8 @@ class SinkStatus:
     retries: int = 0
     dead_lettered: int = 0
     partial_rejected: int = 0
+    filtered: int = 0
+    sampled_out: int = 0
     last_success_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -76,13 +80,24 @@ class DeadLettered:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """Events of a batch the sink's selection left out (``sinks.selection``); ``filter_errors`` of
+    the filtered failed the filter (``filter_error`` is the last message)."""
+
+    filtered: int
+    sampled_out: int
+    filter_errors: int = 0
+    filter_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchFault:
     """The dispatcher itself failed (the spool's database, a bug) and pauses before going on."""
 
     error: BaseException
 
 
-Outcome = Delivered | AttemptFailed | Retrying | DeadLettered | DispatchFault
+Outcome = Delivered | AttemptFailed | Retrying | DeadLettered | Skipped | DispatchFault
 
 
 class DeliveryBook:
@@ -92,6 +107,8 @@ class DeliveryBook:
         self.sink = sink
         self.metrics = metrics
         self.status = SinkStatus()
+        self._filter_logged_at = -FILTER_LOG_INTERVAL
+        self._filter_failures = 0
 
     def book(self, outcome: Outcome) -> None:
         sink, status, metrics = self.sink, self.status, self.metrics
@@ -128,9 +145,33 @@ class DeliveryBook:
                     error=error,
                     path=path,
                 )
+            case Skipped(filtered, sampled_out, filter_errors, filter_error):
+                status.filtered += filtered
+                status.sampled_out += sampled_out
+                metrics.sink_skipped.labels(sink, "filtered").inc(filtered)
+                metrics.sink_skipped.labels(sink, "sampled_out").inc(sampled_out)
+                if filter_errors:
+                    self._filter_failed(filter_errors, filter_error)
             case DispatchFault(error):
                 self._error(f"relay: {error}")
                 log.error("dispatch_failed", sink=sink, error=str(error), exc_info=error)
+
+    def _filter_failed(self, count: int, error: str) -> None:
+        """A filter that fails on events (a string compared with a number) is a setting to fix:
+        shown in the status, and logged once a minute at most with the count since the last
+        line (the metric counts them all as ``filtered``)."""
+        self._error(f"RELAY_{self.sink.upper()}_FILTER failed on {count} events: {error}")
+        self._filter_failures += count
+        now = time.monotonic()
+        if now - self._filter_logged_at >= FILTER_LOG_INTERVAL:
+            log.warning(
+                "sink_filter_failed",
+                sink=self.sink,
+                events=self._filter_failures,
+                error=error,
+                hint="these events were left out of this sink: fix the expression",
+            )
+            self._filter_logged_at, self._filter_failures = now, 0
 
     def _error(self, message: str) -> None:
         self.status.last_error = message

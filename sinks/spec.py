@@ -11,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from foundation.settings import EnvReader
+from schemas.content import CONTENT_POLICIES, ContentPolicy
 from sinks.base import DispatchSettings, Sink
+from sinks.event_filter import EventFilter, FilterSyntaxError
+from sinks.selection import Selection
+
+# The smallest RELAY_<SINK>_CONTENT_MAX_BYTES: room for a sentence and the marker after it.
+MIN_CONTENT_BYTES = 64
 
 
 class SinkConfig(Protocol):
@@ -75,4 +81,35 @@ def read_dispatch_settings(
         retry_after_cap=env.number(prefix + "RETRY_AFTER_CAP", defaults.retry_after_cap, 0.0),
         timeout=env.number(prefix + "TIMEOUT", defaults.timeout, 0.1, 3600.0),
         max_event_age=defaults.max_event_age,
+        selection=read_selection(env, name),
+    )
+
+
+def read_selection(env: EnvReader, name: str) -> Selection:
+    """``RELAY_<SINK>_FILTER``, ``_SAMPLE_RATE``, ``_SAMPLE_KEEP_ERRORS``,
+    ``_SAMPLE_KEEP_COST_ABOVE``, ``_CONTENT`` and ``_CONTENT_MAX_BYTES`` (``sinks.selection``)."""
+    prefix = f"RELAY_{name.upper()}_"
+    event_filter = None
+    if source := env.text(prefix + "FILTER"):
+        try:
+            event_filter = EventFilter.compile(source)
+        except FilterSyntaxError as error:
+            env.problem(prefix + "FILTER", str(error))
+    keep_cost_above = None
+    if env.text(prefix + "SAMPLE_KEEP_COST_ABOVE") is not None:
+        keep_cost_above = env.number(prefix + "SAMPLE_KEEP_COST_ABOVE", 0.0, 0.0)
+    content = None
+    if env.text(prefix + "CONTENT") is not None:
+        content = cast(ContentPolicy, env.choice(prefix + "CONTENT", "full", CONTENT_POLICIES))
+    max_bytes = None
+    if env.text(prefix + "CONTENT_MAX_BYTES") is not None:
+        max_bytes = env.integer(prefix + "CONTENT_MAX_BYTES", 1 << 20, MIN_CONTENT_BYTES)
+    return Selection(
+        sink=name,
+        filter=event_filter,
+        sample_rate=env.number(prefix + "SAMPLE_RATE", 1.0, 0.0, 1.0),
+        keep_errors=env.boolean(prefix + "SAMPLE_KEEP_ERRORS", True),
+        keep_cost_above=keep_cost_above,
+        content=content,
+        content_max_bytes=max_bytes,
     )

@@ -55,6 +55,9 @@ DEAD_LETTER_REASONS: Final = (
     "too_old",
     "undecodable",
 )
+# A sink's filter or sampler leaves events out for these (``sinks.selection``): never a failure,
+# and each event is still in every LLM metric.
+SKIP_REASONS: Final = ("filtered", "sampled_out")
 # ``receiver.ingest`` refuses a request or an item for these.
 INGEST_REJECTION_REASONS: Final = (
     "unauthorized",
@@ -187,6 +190,12 @@ class Metrics:
             ("sink",),
             registry=r,
         )
+        self.sink_skipped = Counter(
+            "relay_sink_skipped_events",
+            "Events a sink's filter or sampler left out, by reason (filtered, sampled_out).",
+            ("sink", "reason"),
+            registry=r,
+        )
         self.sink_dead_lettered = Counter(
             "relay_sink_dead_lettered_events",
             "Events written to the dead-letter file, by reason.",
@@ -236,8 +245,14 @@ class Metrics:
             (*_LLM_LABELS, "type"),
             registry=r,
         )
+        # source: "gateway" for what the sender reported (billed), "table" for what the relay
+        # estimated from a price table (receiver.pricing), so that dashboards can tell them apart.
         self.llm_cost = Counter(
-            "llm_cost_usd", "Cost reported by gateways, in USD.", _LLM_LABELS, registry=r
+            "llm_cost_usd",
+            "Cost of LLM calls in USD, by source: gateway (reported by the gateway) or table"
+            " (estimated by the relay from a price table when the gateway reported none).",
+            (*_LLM_LABELS, "source"),
+            registry=r,
         )
         self.llm_duration = Histogram(
             "llm_request_duration_seconds",
@@ -295,6 +310,8 @@ class Metrics:
                 self.sink_failures.labels(sink, reason)
             for reason in DEAD_LETTER_REASONS:
                 self.sink_dead_lettered.labels(sink, reason)
+            for reason in SKIP_REASONS:
+                self.sink_skipped.labels(sink, reason)
 
     def export_routes(self, routes: Iterable[str]) -> None:
         """Each ingest route's rejection counters, at 0 for every reason."""
@@ -343,9 +360,11 @@ class Metrics:
                 if isinstance(count, int) and count > 0:
                     key = (*labels, kind)
                     tokens[key] = tokens.get(key, 0) + count
-            total = event.get("cost", {}).get("total")
+            priced = event.get("cost", {})
+            total = priced.get("total")
             if total:
-                cost[labels] = cost.get(labels, 0.0) + total
+                key = (*labels, "table" if priced.get("source") == "table" else "gateway")
+                cost[key] = cost.get(key, 0.0) + total
             duration = event.get("duration_ms")
             if duration is not None:
                 durations.setdefault(labels, []).append(duration / 1000)

@@ -217,7 +217,8 @@ def assert_failed_call(event: dict[str, Any], exchange: Exchange) -> None:
     assert event["error"]["http_status"] == exchange.status
     assert event["error"]["type"] == "BadRequestError"
     assert exchange.response["error"]["message"] in event["error"]["message"]
-    # LiteLLM reports 0 tokens and $0 for it: placeholders, since nothing was answered or billed
+    # LiteLLM reports 0 tokens and $0 for it: placeholders, since nothing was answered or billed.
+    # With no usage the price table has nothing to price either (receiver.pricing).
     assert event["usage"] == {}
     assert event["cost"] == {"currency": "USD", "source": "unknown"}
     for absent in ("response_model", "output_messages", "finish_reasons"):

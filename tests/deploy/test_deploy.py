@@ -515,6 +515,7 @@ def test_alert_rules_query_only_exported_metrics(exported_metrics: frozenset[str
 
 def test_dashboard_queries_use_the_relays_labels() -> None:
     labels = {"gateway", "provider", "upstream", "model", "status", "error_type", "type", "le"}
+    labels |= {"source"}  # llm_cost_usd_total's: billed (gateway) or estimated (table)
     labels |= {"sink", "reason", "route", "format", "instance", "job", "problem"}
     for where, expr in dashboard_promql():
         for grouping in re.findall(r"\b(?:by|on)\s*\(([^()]*)\)", expr):

@@ -12,6 +12,9 @@ import typing
 from collections.abc import Iterator
 from typing import Any, Literal, NotRequired, Required, get_args, get_origin, is_typeddict
 
+import jsonschema_rs
+import pytest
+
 from schemas import LLMEvent, json_schema
 
 
@@ -54,3 +57,48 @@ def test_every_field_and_every_enum_agree() -> None:
         literals += 1
         assert set(schema["enum"]) == values, path
     assert literals >= 3  # source.format, cost.source, status at least: the walk reached them
+
+
+TABLE_COST = {
+    "total": 6.3e-06,
+    "input": 2.1e-06,
+    "output": 4.2e-06,
+    "currency": "USD",
+    "source": "table",
+    "table": "genai-prices 0.2.3",
+}
+
+
+@pytest.mark.parametrize(
+    ("cost", "valid"),
+    [
+        (TABLE_COST, True),
+        ({"total": 0.00885, "currency": "USD", "source": "gateway"}, True),
+        ({"currency": "USD", "source": "unknown"}, True),
+        # An estimate names its table and has an amount; no other source is allowed.
+        ({k: v for k, v in TABLE_COST.items() if k != "table"}, False),
+        ({k: v for k, v in TABLE_COST.items() if k != "total"}, False),
+        ({**TABLE_COST, "table": ""}, False),
+        ({**TABLE_COST, "source": "guessed"}, False),
+    ],
+)
+def test_a_table_cost_names_its_table(cost: dict[str, Any], valid: bool) -> None:
+    validator = jsonschema_rs.validator_for(json_schema())
+    assert validator.is_valid(event_with(cost)) is valid
+
+
+def event_with(cost: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": "llm-event/1",
+        "event_id": "e1",
+        "received_at": "2026-11-29T19:25:10.000000000Z",
+        "source": {"format": "native", "gateway": "tests", "test": False},
+        "trace_id": "1" * 32,
+        "span_id": "2" * 16,
+        "start_time": "2026-11-29T19:25:09.927539866Z",
+        "end_time": "2026-11-29T19:25:10.000000000Z",
+        "operation": "chat",
+        "status": "ok",
+        "usage": {"input_tokens": 14, "output_tokens": 7},
+        "cost": cost,
+    }

@@ -507,6 +507,29 @@ async def test_odd_values_never_break_encoding(intake: ScriptedServer, sinks: St
     assert str(2**70) in span["meta"]["output"]["messages"][0]["content"]
 
 
+async def test_a_table_cost_is_sent_and_says_so(intake: ScriptedServer, sinks: Started) -> None:
+    """The relay's estimate (``cost.source = "table"``) goes out as the cost, like a gateway's,
+    with ``cost_source`` and the table's version in the metadata to tell them apart."""
+    event = otoroshi_with_content(recent())
+    event["cost"] = {
+        "total": 0.000174,
+        "input": 0.000062,
+        "output": 0.000112,
+        "currency": "USD",
+        "source": "table",
+        "table": "genai-prices 0.2.3",
+    }
+    sink = await sinks(agentless(intake))
+    await sink.send(Batch([event], [b"{}"]))
+
+    (span,) = sent_body(intake)["data"]["attributes"]["spans"]
+    metadata = span["meta"]["metadata"]
+    assert (metadata["cost_source"], metadata["cost_table"]) == ("table", "genai-prices 0.2.3")
+    assert metadata["cost_usd"] == 0.000174
+    costs = {k: v for k, v in span["metrics"].items() if k.endswith("_cost")}
+    assert costs == {"total_cost": 0.000174, "input_cost": 0.000062, "output_cost": 0.000112}
+
+
 async def test_a_batch_over_the_payload_limit_is_refused_for_splitting(
     intake: ScriptedServer, sinks: Started
 ) -> None:

@@ -203,7 +203,11 @@ def test_every_output_shape_shows_in_phoenix(phoenix: Phoenix, tmp_path: Path) -
         )
         assert orjson.loads(answer.data)["accepted"] == len(CASES), answer.data
         spans = stored_spans(phoenix, project, len(CASES))
+        events = wait_until(at_least(len(CASES), relay.events), message="the events in the file")
     by_event = {span["attributes"]["relay.event_id"]: span for span in spans}
+    # The cost as the relay stored it: the gateway's, or the price table's for a call it did not
+    # price (cost.source "table", receiver.pricing).
+    costs = {event["event_id"]: event["cost"] for event in events}
 
     for label, (_, reasons) in CASES.items():
         event = posted[label]
@@ -220,10 +224,13 @@ def test_every_output_shape_shows_in_phoenix(phoenix: Phoenix, tmp_path: Path) -
             phoenix_output(message, reason)
             for message, reason in zip(event["output_messages"], reasons, strict=True)
         ], label
-        # The gateway's cost when it reported one, absent when not (never a made-up 0).
-        assert attributes.get("llm.cost.total") == event["cost"].get("total"), label
-        assert attributes.get("llm.cost.prompt") == event["cost"].get("input"), label
-        assert attributes.get("llm.cost.completion") == event["cost"].get("output"), label
+        # The gateway's cost when it reported one, else the table's, absent when neither (never
+        # a made-up 0).
+        cost = costs[event["event_id"]]
+        assert cost["source"] == ("gateway" if "cost" in CASES[label][0] else "table"), label
+        assert attributes.get("llm.cost.total") == cost.get("total"), label
+        assert attributes.get("llm.cost.prompt") == cost.get("input"), label
+        assert attributes.get("llm.cost.completion") == cost.get("output"), label
 
 
 def phoenix_output(message: dict[str, Any], reason: str | None) -> dict[str, Any]:

@@ -256,6 +256,8 @@ async def test_events_arrive_as_genai_spans(test_agent: TestAgent) -> None:
         "llm.cost.total": {"double_value": 0.00885},
         "llm.cost.prompt": {"double_value": 0.0036},
         "llm.cost.completion": {"double_value": 0.00525},
+        # reported by the gateway (billed), not the relay's estimate
+        "gen_ai.usage.cost_source": {"string_value": "gateway"},
         "gen_ai.route.api_key.name": {"string_value": "prod-backend"},
         "gen_ai.route.api_key.hash": {"string_value": "sha256:9f86d081884c7d65"},
         "user.id": {"string_value": "user_12345"},
@@ -328,6 +330,30 @@ def test_mapped_fields_win_over_source_attributes_and_values_keep_their_types() 
     assert "empty" not in values
     assert span.name == "chat gpt-4o"
     assert span.start_time_unix_nano == 1772400000000000000
+
+
+def test_a_cost_says_where_it_comes_from() -> None:
+    """Billed (``gateway``) or the relay's estimate from a price table (``table``, with the
+    table's version), so that a TraceQL query can tell them apart; nothing when unknown."""
+    table = {
+        "total": 6.3e-06,
+        "input": 2.1e-06,
+        "output": 4.2e-06,
+        "currency": "USD",
+        "source": "table",
+        "table": "genai-prices 0.2.3",
+    }
+    events = [llm_event(cost=table), openrouter_event(), error_event()]
+    estimated, billed, unknown = (
+        {kv.key: kv.value for kv in span.attributes} for span in local_spans(events)
+    )
+    assert estimated["gen_ai.usage.cost_source"].string_value == "table"
+    assert estimated["gen_ai.usage.cost_table"].string_value == "genai-prices 0.2.3"
+    assert estimated["gen_ai.usage.cost"].double_value == 6.3e-06
+    assert estimated["llm.cost.total"].double_value == 6.3e-06
+    assert billed["gen_ai.usage.cost_source"].string_value == "gateway"
+    assert "gen_ai.usage.cost_table" not in billed
+    assert not [key for key in unknown if "cost" in key]
 
 
 def test_bodies_are_canonical_protobuf() -> None:

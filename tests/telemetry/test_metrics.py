@@ -8,14 +8,18 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.ingest import INGRESS
+from schemas import LLMEvent
 from telemetry.metrics import (
     DEAD_LETTER_REASONS,
     INGEST_REJECTION_REASONS,
     SEND_FAILURE_REASONS,
+    Metrics,
 )
 from tests.helpers.ports import free_port
 from tests.helpers.relay import ROOT, RelayProcess
@@ -134,3 +138,41 @@ def test_every_reason_ingest_counts_is_exported() -> None:
     found = set(_rejection_reasons(ROOT / "receiver" / "ingest.py"))
     assert len(found) > 2, "the ingest reasons moved: update this reading"
     assert found <= set(INGEST_REJECTION_REASONS)
+
+
+def test_cost_is_booked_by_source_billed_apart_from_estimated() -> None:
+    """``llm_cost_usd_total{source}``: ``gateway`` for what a sender reported, ``table`` for the
+    relay's price-table estimate; an unknown cost adds nothing, a test event neither."""
+    metrics = Metrics()
+
+    def call(cost: dict[str, Any], test: bool = False) -> LLMEvent:
+        built = {
+            "source": {"format": "native", "gateway": "g", "test": test},
+            "provider": "openai",
+            "upstream": "openai",
+            "request_model": "gpt-4o",
+            "usage": {"input_tokens": 3},
+            "cost": {"currency": "USD", **cost},
+            "status": "ok",
+        }
+        return built  # type: ignore[return-value]
+
+    table = {"source": "table", "table": "genai-prices 0.2.3"}
+    metrics.observe_events(
+        [
+            call({"total": 0.5, "source": "gateway"}),
+            call({"total": 0.25, "source": "gateway"}),
+            call({"total": 0.125, **table}),
+            call({"total": 0.0625, "source": "unknown"}),  # an amount a sender sent: reported
+            call({"source": "unknown"}),
+            call({"total": 8.0, **table}, test=True),
+        ]
+    )
+    text = generate_latest(metrics.registry).decode()
+    costs = {
+        sample.labels["source"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llm_cost_usd_total"
+    }
+    assert costs == {"gateway": 0.8125, "table": 0.125}

@@ -7,6 +7,7 @@ settings fails once, naming every bad variable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -78,6 +79,9 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             self.problem(name, f"expected a number, got {raw!r}")
+            return default
+        if not math.isfinite(value):
+            self.problem(name, f"expected a finite number, got {raw!r}")
             return default
         return self._bounded(name, value, default, minimum, maximum)
 

@@ -33,14 +33,18 @@ first rule that applies:
   provider that serves them (``azure/gpt-4o``, ``bedrock/anthropic.claude-...``,
   ``openrouter/openai/gpt-4o``), so the prefix's list and the rest of the id come first, as
   genai-prices does for ``provider_id="litellm"``.
-- who served the call, ``upstream``, else ``provider``, matched as genai-prices matches provider
-  names (its ids, and rules such as "contains bedrock"). ``SEMCONV_PRICES`` spells out four GenAI
+- who served the call, ``upstream``, else ``provider`` (for LiteLLM only ``provider``: its
+  upstream without one is the host of the deployment's ``api_base``, a name its user chose, such as
+  ``my-openai-compatible-vllm``, that genai-prices' "contains openai" rule would price as OpenAI's
+  models), matched as genai-prices matches provider names (its ids, and rules such as "contains
+  bedrock"). ``SEMCONV_PRICES`` spells out four GenAI
   semconv names the normalizers write that it would miss or send to another list:
   ``azure.ai.openai`` (its "contains openai" rule would pick OpenAI's own prices) and
   ``azure.ai.inference`` are Azure's list, ``x_ai`` is ``x-ai``, ``gcp.gen_ai`` is ``google``. A
   provider the table lacks (``ollama``, ``hosted_vllm``, ``localhost``) leaves the cost unknown,
   rather than a self-hosted model priced as another provider's.
-- no name at all: the provider whose model ids look like this one (``gpt-`` is OpenAI's).
+- no name at all: the provider whose model ids look like this one (``gpt-`` is OpenAI's); for
+  LiteLLM, no price, since its calls always name their provider unless it is self-hosted.
 
 Cost per event. Finding a model scans the table (0.05-1.5 ms, the most for a model it lacks),
 so each answer, a miss too, is remembered per (price list, model) in a bounded ``Memo``. It is
@@ -286,7 +290,13 @@ def find(event: LLMEvent) -> Found | None:
     """The table's provider and model for the event: the answering model, then the requested
     one, each on the price lists the module docstring's rules choose."""
     gateway = event["source"]["gateway"]
-    served = event.get("upstream") or event.get("provider")
+    # LiteLLM's upstream, without a provider, is its api_base's host: a name its user chose
+    # (``my-openai-compatible-vllm``), which must not pick a price list.
+    served = (
+        event.get("provider")
+        if gateway == "litellm"
+        else event.get("upstream") or event.get("provider")
+    )
     for model in (event.get("response_model"), event.get("request_model")):
         if model:
             for provider_id, ref in _price_lists(gateway, served, model):
@@ -304,7 +314,10 @@ def _price_lists(gateway: str, served: str | None, model: str) -> list[tuple[str
     if gateway == "litellm" and "/" in model:
         prefix, rest = model.split("/", 1)
         lists.append((prefix, rest))  # a prefix the table has no provider for finds nothing
-    lists.append((SEMCONV_PRICES.get(served, served), model) if served else (None, model))
+    if served:
+        lists.append((SEMCONV_PRICES.get(served, served), model))
+    elif gateway != "litellm":
+        lists.append((None, model))
     return lists
 
 

@@ -15,7 +15,13 @@ from typing import Any, Final
 
 from foundation.secrets import is_secret_key, might_hold_secret, redact_text, scrub, scrub_value
 from schemas import LLMEvent, Message
-from schemas.content import PART_CONTENT, ContentPolicy, apply_policy
+from schemas.content import (
+    PART_CONTENT,
+    POLICY_ATTRIBUTE,
+    TRUNCATED_ATTRIBUTE,
+    ContentPolicy,
+    apply_policy,
+)
 
 # The event's fields that hold a name a sender chose. A normalizer may have had to write a
 # structure it was given there as text (its repr), credentials and all.
@@ -99,6 +105,10 @@ def process(events: list[LLMEvent], tenant: str | None, content: ContentPolicy) 
         attributes = event.get("attributes")
         if attributes:
             scrub(attributes)
+            # What the relay itself records of content: a sender's value would have a sink's
+            # dispatcher take the event for redacted, hashed or cut already.
+            attributes.pop(POLICY_ATTRIBUTE, None)
+            attributes.pop(TRUNCATED_ATTRIBUTE, None)
         for messages in ("input_messages", "output_messages"):
             if messages in event:
                 _scrub_messages(event[messages])

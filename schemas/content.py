@@ -18,6 +18,7 @@ A size limit cuts each text longer than it, with a marker saying how much was cu
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Any, Final, Literal, cast, get_args
 
@@ -30,6 +31,8 @@ _STRICTNESS: Final[dict[str, int]] = {"full": 0, "hash": 1, "redact": 2}
 POLICY_ATTRIBUTE: Final = "relay.content_policy"
 TRUNCATED_ATTRIBUTE: Final = "relay.content_truncated"
 TRUNCATED: Final = "…[truncated by llm-broadcast-relay: {dropped} bytes over {setting}]"
+# A text that ends with the marker was cut already (an event replayed from dead letters).
+_CUT: Final = re.compile(r"…\[truncated by llm-broadcast-relay: \d+ bytes over \w+\]\Z")
 
 # Attributes that carry prompt or completion text under names senders use.
 CONTENT_KEYS: Final = frozenset(
@@ -175,11 +178,15 @@ def _truncate_messages(
 
 
 def _truncate_text(text: str, max_bytes: int, setting: str) -> str:
-    """``text`` itself when it fits (the caller tests identity), else its cut copy."""
+    """``text`` itself when it fits or was cut already (the caller tests identity), else its cut
+    copy."""
     if len(text) <= max_bytes // 4:  # no UTF-8 character is longer than 4 bytes: it fits
         return text
     encoded = text.encode()
     if len(encoded) <= max_bytes:
         return text
+    marked = _CUT.search(text)
+    if marked and len(text[: marked.start()].encode()) <= max_bytes:
+        return text  # cutting it again would only lose how much the first cut dropped
     kept = encoded[:max_bytes].decode(errors="ignore")  # drops a character cut in two
     return kept + TRUNCATED.format(dropped=len(encoded) - len(kept.encode()), setting=setting)

@@ -88,6 +88,7 @@ class RelayConfig:
             "body_timeout": self.body_timeout,
             "spool_max_bytes": self.spool_max_bytes,
             "content": self.content,
+            "stored_content": self.stored_content,
             "ingest_tokens": [
                 f"{tenant or '-'}={mask(token)}" for token, tenant in self.ingest_tokens.items()
             ],
@@ -121,6 +122,8 @@ def _dispatch(settings: DispatchSettings) -> dict[str, Any]:
         "timeout": settings.timeout,
         "filter": selection.filter.source if selection.filter else None,
         "sample_rate": selection.sample_rate,
+        "sample_keep_errors": selection.keep_errors,
+        "sample_keep_cost_above": selection.keep_cost_above,
         "content": selection.content,
         "content_max_bytes": selection.content_max_bytes,
     }

@@ -309,6 +309,7 @@ class Relay:
                 "partial_rejected": state.partial_rejected,
                 "filtered": state.filtered,
                 "sampled_out": state.sampled_out,
+                "filter_failed": state.filter_failed,
                 "last_success_at": state.last_success_at,
                 "last_error": state.last_error,
                 "last_error_at": state.last_error_at,

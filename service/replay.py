@@ -410,6 +410,7 @@ class _Sender:
         total.partial_rejected += done.partial_rejected
         total.filtered += done.filtered
         total.sampled_out += done.sampled_out
+        total.filter_failed += done.filter_failed
 
 
 async def _deliver(
@@ -452,10 +453,11 @@ def _summarize(plan: Plan, statuses: dict[str, SinkStatus], dead_letters: DeadLe
             line += f" (to {dead_letters.path(name)})"
         if status.partial_rejected:
             line += f", {status.partial_rejected} of those sent refused by the peer (not retried)"
-        if status.filtered or status.sampled_out:
+        if status.filtered or status.sampled_out or status.filter_failed:
             line += (
-                f", {status.filtered} left out by RELAY_{name.upper()}_FILTER and"
-                f" {status.sampled_out} by its sampling"
+                f", {status.filtered + status.filter_failed} left out by"
+                f" RELAY_{name.upper()}_FILTER ({status.filter_failed} of them because it failed)"
+                f" and {status.sampled_out} by its sampling"
             )
         print(line)
         undelivered += status.dead_lettered + status.partial_rejected

@@ -26,17 +26,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from foundation.secrets import redact_text
 from schemas import LLMEvent, json_schema
 
 # Macros that bind a variable of their own: ``event.usage.exists(k, k == "input_tokens")``.
 _BINDING: Final = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)")
-# ``event`` followed by something other than a field selection or a literal index.
-_WHOLE: Final = re.compile(r"\bevent\b(?!\s*(?:\.\s*[A-Za-z_]|\[\s*[\"']))")
-_WHOLE_MACRO: Final = re.compile(r"\bevent\s*\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
+# What may follow ``event`` for the expression to need only the fields it names: a field (not a
+# method, ``event.size()``), or an index by a string literal (not ``event["sta" + "tus"]``).
+_EVENT: Final = re.compile(r"\bevent\b")
+_FIELD: Final = re.compile(r"\s*\.\s*[A-Za-z_]\w*(?!\w)(?!\s*\()")
+_LITERAL_INDEX: Final = re.compile(r"""\s*\[\s*(?:"[^"\\]*"|'[^'\\]*')\s*\]""")
 _WORD: Final = re.compile(r"[A-Za-z_]\w*")
 # A path of fields from ``event``; the group after it is an opening parenthesis for a method call.
 _PATH: Final = re.compile(r"\bevent((?:\s*\.\s*[A-Za-z_]\w*)+)(\s*\()?")
 _STRING: Final = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+_COMMENT: Final = re.compile(r"//[^\n]*")
 
 
 class FilterSyntaxError(ValueError):
@@ -74,8 +78,7 @@ class EventFilter:
                 f"no field {', '.join(unknown)} in the LLMEvent schema (see the README's"
                 " 'The LLMEvent'); free-form keys live under event.attributes"
             )
-        whole = _WHOLE.search(source) or _WHOLE_MACRO.search(source)
-        names = None if whole else frozenset(_WORD.findall(source))
+        names = None if _uses_whole_event(source) else frozenset(_WORD.findall(source))
         return cls(source, program, names)
 
     def matches(self, event: LLMEvent) -> bool:
@@ -105,7 +108,7 @@ def unknown_fields(source: str) -> list[str]:
     """
     schema = json_schema()
     unknown: list[str] = []
-    for match in _PATH.finditer(_STRING.sub('""', source)):
+    for match in _PATH.finditer(_COMMENT.sub("", _STRING.sub('""', source))):
         names = [name.strip() for name in match[1].split(".") if name.strip()]
         if match[2]:
             names.pop()  # event.exists(...), event.status.size(): a method, not a field
@@ -123,7 +126,20 @@ def unknown_fields(source: str) -> list[str]:
     return unknown
 
 
+def _uses_whole_event(source: str) -> bool:
+    """Whether ``event`` appears other than as ``event.<field>`` or ``event["<field>"]`` (in a
+    string or a comment too: a wasted conversion, never a wrong verdict)."""
+    for match in _EVENT.finditer(source):
+        rest = source[match.end() :]
+        if not (_FIELD.match(rest) or _LITERAL_INDEX.match(rest)):
+            return True
+    return False
+
+
 def _one_line(message: str) -> str:
     """cel-rust's messages span lines (the expression, a caret): one line, of bounded length, for
-    a log or a start-up refusal. They name operators and types, never an event's values."""
-    return " | ".join(line.strip() for line in message.splitlines() if line.strip())[:400]
+    a log, the status page or a start-up refusal. Most name operators and types; some quote a
+    value (a string ``duration()`` could not read, an overflowing number), so credentials in them
+    are masked as everywhere else."""
+    text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+    return redact_text(text[:400])

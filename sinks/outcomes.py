@@ -31,6 +31,7 @@ class SinkStatus:
     partial_rejected: int = 0
     filtered: int = 0
     sampled_out: int = 0
+    filter_failed: int = 0
     last_success_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -81,12 +82,12 @@ class DeadLettered:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """Events of a batch the sink's selection left out (``sinks.selection``); ``filter_errors`` of
-    the filtered failed the filter (``filter_error`` is the last message)."""
+    """Events of a batch the sink's selection left out (``sinks.selection``): not selected by its
+    filter, sampled out, or failed by its filter (``filter_error`` is the last message)."""
 
     filtered: int
     sampled_out: int
-    filter_errors: int = 0
+    filter_failed: int = 0
     filter_error: str = ""
 
 
@@ -145,13 +146,15 @@ class DeliveryBook:
                     error=error,
                     path=path,
                 )
-            case Skipped(filtered, sampled_out, filter_errors, filter_error):
+            case Skipped(filtered, sampled_out, filter_failed, filter_error):
                 status.filtered += filtered
                 status.sampled_out += sampled_out
+                status.filter_failed += filter_failed
                 metrics.sink_skipped.labels(sink, "filtered").inc(filtered)
                 metrics.sink_skipped.labels(sink, "sampled_out").inc(sampled_out)
-                if filter_errors:
-                    self._filter_failed(filter_errors, filter_error)
+                if filter_failed:
+                    metrics.sink_skipped.labels(sink, "filter_failed").inc(filter_failed)
+                    self._filter_failed(filter_failed, filter_error)
             case DispatchFault(error):
                 self._error(f"relay: {error}")
                 log.error("dispatch_failed", sink=sink, error=str(error), exc_info=error)
@@ -159,7 +162,7 @@ class DeliveryBook:
     def _filter_failed(self, count: int, error: str) -> None:
         """A filter that fails on events (a string compared with a number) is a setting to fix:
         shown in the status, and logged once a minute at most with the count since the last
-        line (the metric counts them all as ``filtered``)."""
+        line (the metric counts each, ``reason="filter_failed"``)."""
         self._error(f"RELAY_{self.sink.upper()}_FILTER failed on {count} events: {error}")
         self._filter_failures += count
         now = time.monotonic()

@@ -8,11 +8,12 @@ metrics whatever the sinks select: metrics are counted at ingest.
 
 In order, for each event:
 
-1. **filter** (``RELAY_<SINK>_FILTER``, ``sinks.event_filter``): an event it rejects, or on which
-   it fails, is left out (``filtered``);
+1. **filter** (``RELAY_<SINK>_FILTER``, ``sinks.event_filter``): an event it rejects is left out
+   (``filtered``), and so is one it fails on (``filter_failed``: the expression needs fixing);
 2. **sampling** (``RELAY_<SINK>_SAMPLE_RATE``): an event is kept when a hash of its key is below
    the rate. The key is the event's ``session_id`` when it has one, else its ``trace_id``, else its
-   ``event_id``: every call of a session, or every span of a trace, is kept or left out together,
+   ``event_id``: every call of a session, or every span of a trace, is kept or left out together
+   (a trace only some of whose calls name a session can be split),
    on every worker and after every restart, and a sink sampled at 10 % gets a subset of one
    sampled at 50 %. The hash is BLAKE2b's first 64 bits rather than the trace id's own bits,
    since not every sender's trace ids are random (the OpenTelemetry samplers assume they are).
@@ -78,27 +79,36 @@ class Selection:
         )
 
     def select(self, events: Sequence[LLMEvent], encoded: Sequence[bytes]) -> Selected:
-        """The events this sink gets, each with its JSON, and what was left out, and why."""
+        """The events this sink gets, each with its JSON, and what was left out, and why.
+
+        An event the selection itself fails on (a spooled event of the wrong shape: a replayed
+        line is only checked for being a JSON object) is set aside in ``failed``, for the
+        dispatcher to dead-letter, rather than stall the sink on it.
+        """
         selected = Selected()
         for event, body in zip(events, encoded, strict=True):
-            if self.filter is not None and not self._passes_filter(event, selected):
-                selected.filtered += 1
-            elif self.sample_rate < 1.0 and not self._sampled(event):
-                selected.sampled_out += 1
-            else:
-                shaped = self._shape(event)
-                selected.events.append(shaped)
-                selected.encoded.append(body if shaped is event else orjson.dumps(shaped))
+            try:
+                self._select_one(event, body, selected)
+            except Exception as error:  # this event's, whatever it is: the others go on
+                selected.failed.append((event, body, f"{type(error).__name__}: {error}"))
         return selected
 
-    def _passes_filter(self, event: LLMEvent, selected: Selected) -> bool:
-        assert self.filter is not None
-        try:
-            return self.filter.matches(event)
-        except FilterError as error:
-            selected.filter_errors += 1
-            selected.filter_error = str(error)
-            return False
+    def _select_one(self, event: LLMEvent, body: bytes, selected: Selected) -> None:
+        if self.filter is not None:
+            try:
+                if not self.filter.matches(event):
+                    selected.filtered += 1
+                    return
+            except FilterError as error:
+                selected.filter_failed += 1
+                selected.filter_error = str(error)
+                return
+        if self.sample_rate < 1.0 and not self._sampled(event):
+            selected.sampled_out += 1
+            return
+        shaped = self._shape(event)
+        selected.events.append(shaped)
+        selected.encoded.append(body if shaped is event else orjson.dumps(shaped))
 
     def _sampled(self, event: LLMEvent) -> bool:
         if self.keep_errors and event.get("status") == "error":
@@ -134,19 +144,25 @@ class Selected:
     encoded: list[bytes] = field(default_factory=list)
     filtered: int = 0
     sampled_out: int = 0
-    filter_errors: int = 0
-    filter_error: str = ""  # the last one
+    filter_failed: int = 0  # the filter failed on them: left out too
+    filter_error: str = ""  # the last such failure
+    # (event, its JSON, why) for each event the selection could not handle
+    failed: list[tuple[LLMEvent, bytes, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.filtered or self.sampled_out or self.filter_failed)
 
 
 def sample_key(event: LLMEvent) -> str:
     """What keeps calls together under sampling: the session, else the trace, else the call."""
     session = event.get("session_id")
     if session:
-        return "session:" + session
+        return f"session:{session}"
     trace = event.get("trace_id")
     if trace and trace != _NO_TRACE:
-        return "trace:" + trace
-    return "event:" + event.get("event_id", "")
+        return f"trace:{trace}"
+    return f"event:{event.get('event_id', '')}"
 
 
 def sample_hash(key: str) -> int:

@@ -19,8 +19,9 @@ from sinks.base import DispatchSettings, Sink
 from sinks.event_filter import EventFilter, FilterSyntaxError
 from sinks.selection import Selection
 
-# The smallest RELAY_<SINK>_CONTENT_MAX_BYTES: room for a sentence and the marker after it.
-MIN_CONTENT_BYTES = 64
+# The smallest RELAY_<SINK>_CONTENT_MAX_BYTES: room for a sentence, and more than a hashed text
+# (``sha256:`` and 64 hex digits, 71 bytes), which is never worth cutting.
+MIN_CONTENT_BYTES = 128
 
 
 class SinkConfig(Protocol):

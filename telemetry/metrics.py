@@ -54,10 +54,11 @@ DEAD_LETTER_REASONS: Final = (
     "retries_exhausted",
     "too_old",
     "undecodable",
+    "unselectable",
 )
 # A sink's filter or sampler leaves events out for these (``sinks.selection``): never a failure,
 # and each event is still in every LLM metric.
-SKIP_REASONS: Final = ("filtered", "sampled_out")
+SKIP_REASONS: Final = ("filtered", "sampled_out", "filter_failed")
 # ``receiver.ingest`` refuses a request or an item for these.
 INGEST_REJECTION_REASONS: Final = (
     "unauthorized",
@@ -192,7 +193,8 @@ class Metrics:
         )
         self.sink_skipped = Counter(
             "relay_sink_skipped_events",
-            "Events a sink's filter or sampler left out, by reason (filtered, sampled_out).",
+            "Events a sink's filter or sampler left out, by reason (filtered, sampled_out,"
+            " filter_failed: the filter failed on them).",
             ("sink", "reason"),
             registry=r,
         )

@@ -169,6 +169,16 @@ def test_what_the_table_lacks_stays_unknown(fields: dict[str, str]) -> None:
     assert priced(event({"input_tokens": 100, "output_tokens": 20}, **fields)) == UNKNOWN
 
 
+@pytest.mark.parametrize("upstream", ["my-openai-compatible-vllm", "azure-openai-eastus"])
+def test_a_litellm_deployment_named_by_its_host_stays_unknown(upstream: str) -> None:
+    """Without a provider, LiteLLM's upstream is its api_base's host, a name its user chose:
+    genai-prices' "contains openai" rule would price it as OpenAI's."""
+    usage = {"input_tokens": 100, "output_tokens": 20}
+    assert priced(event(usage, "litellm", upstream=upstream, request_model="gpt-4o")) == UNKNOWN
+    named = event(usage, "litellm", provider="openai", upstream="openai", request_model="gpt-4o")
+    assert priced(named)["source"] == "table"
+
+
 def test_counts_the_table_refuses_stay_unknown() -> None:
     refused = {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 500}
     with pytest.raises(ValueError, match="cannot exceed"):

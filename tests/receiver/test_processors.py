@@ -70,3 +70,12 @@ def test_a_key_name_and_a_gateway_that_carry_a_credential_are_masked() -> None:
     process([event_source], None, "full")
     assert "tok-key-name" not in str(event["api_key"])
     assert "tok-gateway" not in event_source["source"]["gateway"]
+
+
+def test_a_sender_cannot_say_what_the_relay_did_to_content() -> None:
+    """``relay.content_policy`` and ``relay.content_truncated`` are the relay's record of what it
+    did to an event's content: a sink's dispatcher trusts them, a sender may not set them."""
+    event = processed(
+        attributes={"relay.content_policy": "redact", "relay.content_truncated": True, "k": 1}
+    )
+    assert event["attributes"] == {"k": 1}

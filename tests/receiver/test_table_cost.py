@@ -272,5 +272,13 @@ def test_metrics_tell_billed_from_estimated_spend(tmp_path_factory: pytest.TempP
             key = (event["source"]["gateway"], event["request_model"], "table")
             estimated[key] = estimated.get(key, 0.0) + event["cost"]["total"]
     assert estimated and all(series[key] == pytest.approx(sum_) for key, sum_ in estimated.items())
-    assert series[("openrouter", "anthropic/claude-sonnet-4", "gateway")] == pytest.approx(0.00885)
+    (billed,) = [  # what OpenRouter reported for the call
+        attribute["value"]["doubleValue"]
+        for resource in request["body"]["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+        for attribute in span["attributes"]
+        if attribute["key"] == "gen_ai.usage.total_cost"
+    ]
+    assert series[("openrouter", "anthropic/claude-sonnet-4", "gateway")] == pytest.approx(billed)
     assert set(series) == {*estimated, ("openrouter", "anthropic/claude-sonnet-4", "gateway")}

@@ -77,6 +77,17 @@ def test_the_limit_cuts_at_a_character_boundary_within_the_bytes(text: str) -> N
     assert shared[0]["parts"][0]["content"] == text
 
 
+def test_a_text_cut_already_is_not_cut_again() -> None:
+    """A dead letter holds the copy a sink was sent; replayed to that sink, the marker must still
+    say how much the first cut dropped."""
+    event = with_content("x" * 5000)
+    truncate_content(event, 200, "RELAY_X_CONTENT_MAX_BYTES")
+    once = copy.deepcopy(event)
+    assert truncate_content(event, 200, "RELAY_X_CONTENT_MAX_BYTES") == 0
+    assert event == once
+    assert "4800 bytes over" in event["input_messages"][0]["parts"][0]["content"]
+
+
 def test_texts_within_the_limit_are_left_alone() -> None:
     event = with_content("é" * 50)  # 100 bytes
     before = copy.deepcopy(event)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -16,6 +17,7 @@ from sinks.base import Batch, DispatchSettings, ProbeResult, SendResult
 from sinks.dead_letters import DeadLetters
 from sinks.dispatcher import Dispatcher
 from sinks.file import FileSink, FileSinkConfig
+from sinks.selection import Selection
 from sinks.spool import Spool
 from telemetry.metrics import Metrics
 from tests.helpers.payloads import stored_event
@@ -57,9 +59,14 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
         await opened.close()
 
 
-async def deliver_all(spool: Spool, sink: FileSink | BuggyOnPoison, tmp_path: Path) -> Dispatcher:
+async def deliver_all(
+    spool: Spool,
+    sink: FileSink | BuggyOnPoison,
+    tmp_path: Path,
+    settings: DispatchSettings = SETTINGS,
+) -> Dispatcher:
     dead_letters = DeadLetters(tmp_path / "dead-letter")
-    dispatcher = Dispatcher(sink, SETTINGS, spool, dead_letters, Metrics())
+    dispatcher = Dispatcher(sink, settings, spool, dead_letters, Metrics())
     await sink.start()
     dispatcher.start()
     try:
@@ -114,6 +121,29 @@ async def test_a_row_that_is_not_an_event_is_kept_raw_and_skipped(
     kept = dead_lettered(tmp_path)
     assert [base64.b64decode(str(line["raw_base64"])) for line in kept] == rows[1:3]
     assert {line["reason"] for line in kept} == {"undecodable"}
+
+
+@pytest.mark.parametrize("padding", [0, 300_000])  # on the loop, and off it for a large batch
+async def test_an_event_the_selection_cannot_handle_is_dead_lettered_alone(
+    tmp_path: Path, spool: Spool, padding: int
+) -> None:
+    """A replayed line is only checked for being a JSON object: one whose shape the selection
+    cannot read must not hold the sink's other events back for ever."""
+    events = [stored_event(i, padding=padding // 8) for i in range(8)]
+    odd: dict[str, object] = {**events[3], "attributes": ["not", "an", "object"]}
+    events[3] = odd  # type: ignore[call-overload]
+    await spool.append([orjson.dumps(e) for e in events])
+    output = tmp_path / "out.jsonl"
+    selection = Selection(sink="file", content="hash", sample_rate=0.999999)
+    settings = replace(SETTINGS, selection=selection)
+
+    dispatcher = await deliver_all(spool, FileSink(FileSinkConfig(output)), tmp_path, settings)
+
+    assert written(output) == [e["event_id"] for e in events if e is not odd]
+    (line,) = dead_lettered(tmp_path)
+    assert line["reason"] == "unselectable" and line["event"] == odd
+    assert "the sink's selection failed: AttributeError" in str(line["error"])
+    assert dispatcher.status.dead_lettered == 1
 
 
 async def test_a_sink_never_started_keeps_the_batch_spooled(tmp_path: Path, spool: Spool) -> None:

@@ -52,6 +52,7 @@ def test_a_field_the_schema_cannot_have_is_refused_by_name(source: str, unknown:
         "event.status.size() > 2",  # a method
         'event.operation == "event.stauts"',  # a string
         'event.input_messages.exists(m, m.role == "user")',
+        'event.status == "ok" // or event.stauts, in a comment',
     ],
 )
 def test_what_the_schema_does_not_fix_is_not_checked(source: str) -> None:
@@ -120,6 +121,9 @@ SOURCES = [
     'event.input_messages.exists(m, m.parts.exists(p, p.content == "hi"))',
     'event.source.gateway == "tests" && !event.source.test',
     "event.all(k, k != 'error')",
+    "event.size() > 13",
+    'event["sta" + "tus"] == "ok"',
+    'event.status == "ok" // event.cost.total > 1',
 ]
 
 

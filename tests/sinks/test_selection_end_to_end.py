@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -62,14 +63,23 @@ async def all_resolved(relay: RelayProcess, total: int, sinks: Iterable[str]) ->
 
     def resolved() -> bool:
         status = relay.get_json("/v1/status")["sinks"]
+        resolved = ("sent", "filtered", "sampled_out", "filter_failed")
         return all(
-            status[name]["backlog"] == 0
-            and status[name]["sent"] + status[name]["filtered"] + status[name]["sampled_out"]
-            == total
+            status[name]["backlog"] == 0 and sum(status[name][count] for count in resolved) == total
             for name in sinks
         )
 
     await asyncio.to_thread(wait_until, resolved, timeout=120, message="all sent or left out")
+
+
+@contextlib.asynccontextmanager
+async def running(relay: RelayProcess) -> AsyncIterator[RelayProcess]:
+    """The relay started and, whatever happens, stopped, off the loop its peers answer on."""
+    await asyncio.to_thread(relay.start)
+    try:
+        yield relay
+    finally:
+        await asyncio.to_thread(relay.stop)
 
 
 def relay_for(tmp_path: Path, **env: str) -> RelayProcess:
@@ -96,8 +106,7 @@ async def test_a_filter_sends_only_errors_to_one_sink_and_everything_to_another(
         RELAY_OTLP_ENDPOINT=peer.url + "/v1/traces",
         RELAY_OTLP_FILTER='event.status == "error" && !event.source.test',
     )
-    with relay:
-        await asyncio.to_thread(relay.start)
+    async with running(relay):
         await post(relay, otlp_json(spans))
         await all_resolved(relay, 40, ("file", "otlp"))
         events = relay.events()
@@ -122,19 +131,20 @@ async def test_a_field_an_event_lacks_does_not_match_and_a_broken_filter_says_so
         RELAY_OTLP_FILTER="event.error.http_status >= 500",
         RELAY_FILE_FILTER="event.status > 3",  # a string against a number: on every event
     )
-    with relay:
-        await asyncio.to_thread(relay.start)
+    async with running(relay):
         await post(relay, otlp_json(spans))
         await all_resolved(relay, 6, ("file", "otlp"))
         (sent,) = received_spans(peer)
         assert sent["error.type"] and not relay.log_records("sink_filter_failed", sink="otlp")
         status = relay.get_json("/v1/status")["sinks"]
         assert status["otlp"]["filtered"] == 5 and status["otlp"]["last_error"] is None
-        assert status["file"]["filtered"] == 6
+        assert status["file"]["filter_failed"] == 6 and status["file"]["filtered"] == 0
         assert "RELAY_FILE_FILTER" in status["file"]["last_error"]
         (line,) = relay.log_records("sink_filter_failed", sink="file")
         assert line["events"] == 6 and "No such overload" in line["error"]
-        assert relay.metric("relay_sink_skipped_events_total", sink="file", reason="filtered") == 6
+        skipped = "relay_sink_skipped_events_total"
+        assert relay.metric(skipped, sink="file", reason="filter_failed") == 6
+        assert relay.metric(skipped, sink="otlp", reason="filtered") == 5
 
 
 def test_bad_selection_settings_stop_the_start_naming_every_one(tmp_path: Path) -> None:
@@ -205,8 +215,7 @@ async def test_sampling_keeps_or_drops_whole_traces_and_sessions_at_the_rate(
         RELAY_FILE_BATCH_SIZE="2000",
         RELAY_OTLP_BATCH_SIZE="2000",
     )
-    with relay:
-        await asyncio.to_thread(relay.start)
+    async with running(relay):
         for start in range(0, len(everything), 500):
             await post(relay, otlp_json(everything[start : start + 500]))
         await all_resolved(relay, len(everything), ("file", "otlp"))
@@ -280,8 +289,7 @@ async def test_each_sink_gets_content_as_its_own_policy_says(
         RELAY_OTLP_ENDPOINT=peer.url + "/v1/traces",
         RELAY_TEMPO_ENDPOINT=second_peer.url + "/v1/traces",
     )
-    with relay:
-        await asyncio.to_thread(relay.start)
+    async with running(relay):
         for body in bodies:
             await post(relay, body, PROTOBUF)
         await eventually(lambda: len(relay.events()) == 5)
@@ -309,6 +317,32 @@ async def test_each_sink_gets_content_as_its_own_policy_says(
     )
 
 
+async def test_a_sender_cannot_claim_its_content_was_redacted_already(
+    tmp_path: Path, peer: ScriptedServer
+) -> None:
+    prompt = "The launch code is 0000."
+    messages = [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+    forged = otlp_span(
+        attributes={
+            "gen_ai.input.messages": orjson.dumps(messages).decode(),
+            "relay.content_policy": "redact",
+        }
+    )
+    relay = relay_for(
+        tmp_path,
+        RELAY_SINKS="file,otlp",
+        RELAY_OTLP_ENDPOINT=peer.url + "/v1/traces",
+        RELAY_OTLP_CONTENT="redact",
+    )
+    async with running(relay):
+        await post(relay, otlp_json([forged]))
+        await all_resolved(relay, 1, ("file", "otlp"))
+        (event,) = relay.events()
+    assert part_texts(event["input_messages"]) == [prompt]
+    (sent,) = received_spans(peer)
+    assert prompt not in repr(sent) and sent["relay.content_policy"] == "redact"
+
+
 async def test_a_content_size_limit_cuts_long_texts_for_one_sink_with_a_marker(
     tmp_path: Path, peer: ScriptedServer
 ) -> None:
@@ -326,8 +360,7 @@ async def test_a_content_size_limit_cuts_long_texts_for_one_sink_with_a_marker(
         RELAY_OTLP_ENDPOINT=peer.url + "/v1/traces",
         RELAY_OTLP_CONTENT_MAX_BYTES="256",
     )
-    with relay:
-        await asyncio.to_thread(relay.start)
+    async with running(relay):
         await post(relay, otlp_json([span]))
         await all_resolved(relay, 1, ("file", "otlp"))
         (event,) = relay.events()

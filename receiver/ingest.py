@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from types import ModuleType
 from typing import Final, Literal
 
 import orjson
@@ -24,7 +25,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from foundation.secrets import redact_text
 from foundation.times import now
-from receiver import pricing
 from receiver.auth import UNAUTHENTICATED, tenant_for
 from receiver.bodies import BodyError, read_body
 from receiver.intake import INTAKE, IntakeFullError
@@ -209,6 +209,19 @@ def _book(request: web.Request, outcome: outcomes.Outcome) -> None:
     request.app[INGEST_BOOK].book(request.app[INTAKE].metrics, outcome, sender)
 
 
+def pricing() -> ModuleType:
+    """``receiver.pricing``, imported on first use: genai-prices and its table take 0.3-0.4 s and
+    14 MB to load, which need not delay a relay's start. The relay loads it in the background as
+    it starts (``load_pricing``); a request that comes first waits for that import."""
+    from receiver import pricing as module
+
+    return module
+
+
+def load_pricing() -> None:
+    pricing()
+
+
 def _prepare(
     source: Input,
     body: bytes,
@@ -229,7 +242,7 @@ def _prepare(
         return result, []
     process(result.events, tenant, content)
     if cost_table:
-        pricing.price_events(result.events)
+        pricing().price_events(result.events)
     return result, _encoded(result)
 
 

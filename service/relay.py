@@ -24,7 +24,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from receiver.ingest import INGRESS
+from receiver.ingest import INGRESS, load_pricing
 from receiver.intake import IntakeFullError
 from schemas import LLMEvent
 from schemas.content import ContentPolicy
@@ -162,6 +162,10 @@ class Relay:
         for path in orphan_spools(self.config.data_dir, self.worker, self.config.workers):
             await self._adopt(path)
         self._tasks.append(asyncio.create_task(self._watch_forever(), name="relay-watch"))
+        if self.config.cost_table:
+            # Off the loop and without delaying readiness (the import takes 0.3-0.4 s).
+            load = asyncio.to_thread(load_pricing)
+            self._tasks.append(asyncio.create_task(load, name="relay-load-pricing"))
         self.started = True
         log.info(
             "relay_started",

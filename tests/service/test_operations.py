@@ -177,9 +177,11 @@ def test_status_and_metrics_show_what_happened(relay: RelayProcess) -> None:
         if line.startswith("llm_") and "{" in line
         for label in line[line.find("{") + 1 : line.find("}")].split(",")
     }
-    # LLM metrics are labelled by route and model, never by user (bounded cardinality).
+    # LLM metrics are labelled by route and model, never by user (bounded cardinality); cost by
+    # where it comes from (gateway or table).
     assert {"gateway", "provider", "upstream", "model"} <= llm_labels
     allowed = {"gateway", "provider", "upstream", "model", "status", "error_type", "type", "le"}
+    allowed.add("source")
     assert llm_labels <= allowed
 
 

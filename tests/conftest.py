@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.otlp_peer import running_peer
 from tests.helpers.phoenix import Phoenix, phoenix_executable
 from tests.helpers.relay import RelayProcess
 from tests.helpers.scripted_server import ScriptedServer
@@ -54,6 +55,20 @@ async def scripted_server() -> AsyncIterator[ScriptedServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[ScriptedServer]:
+    """A scripted OTLP receiver that takes every export (a test may script its answers)."""
+    async with running_peer() as server:
+        yield server
+
+
+@pytest.fixture
+async def second_peer() -> AsyncIterator[ScriptedServer]:
+    """Another, for a second OTLP sink."""
+    async with running_peer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def rng(request: pytest.FixtureRequest) -> SeededRandom:
 
 @pytest.fixture
 async def peer() -> AsyncIterator[ScriptedServer]:
-    """A Tempo stand-in, not yet listening: a test starts it when the sink should be up."""
+    """A Tempo stand-in, not yet listening: a test starts it when the sink should be up (unlike
+    the shared ``peer`` of ``tests/conftest.py``, which listens from the start)."""
     server = ScriptedServer(default=OK)
     try:
         yield server

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.helpers.scripted_server import Answer, Received
+from tests.helpers.scripted_server import Answer, Received, ScriptedServer
 
 
 def span_attributes(body: bytes) -> list[dict[str, object]]:
@@ -30,3 +33,13 @@ def models(received: Received) -> list[str]:
 
 
 OK = Answer(200, b"", content_type="application/x-protobuf")
+
+
+@contextlib.asynccontextmanager
+async def running_peer() -> AsyncIterator[ScriptedServer]:
+    """A scripted OTLP receiver on loopback that takes every export, stopped afterwards."""
+    server = await ScriptedServer(default=OK).start()
+    try:
+        yield server
+    finally:
+        await server.stop()

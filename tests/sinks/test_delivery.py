@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.helpers.otlp_peer import OK, event_ids, models
 from tests.helpers.payloads import otlp_json_spans, span_ids
@@ -51,15 +50,6 @@ def delivered(
         if 200 <= status < 300 and (accept is None or accept(received)):
             counts.update(event_ids(received))
     return counts
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer(default=OK).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def relay_with(tmp_path: Path, endpoint: str, **env: str) -> RelayProcess:

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.conftest import fixture_json
-from tests.helpers.otlp_peer import OK, span_attributes
+from tests.helpers.otlp_peer import span_attributes
 from tests.helpers.payloads import otlp_json, otlp_span
 from tests.helpers.relay import RelayProcess, run_relay
 from tests.helpers.scripted_server import ScriptedServer
@@ -29,24 +28,6 @@ from tests.helpers.waiting import eventually, wait_until
 
 JSON = {"Content-Type": "application/json"}
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer(default=OK).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def second_peer() -> AsyncIterator[ScriptedServer]:
-    server = await ScriptedServer(default=OK).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def received_spans(server: ScriptedServer) -> list[dict[str, object]]:

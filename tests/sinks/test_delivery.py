@@ -216,7 +216,13 @@ async def test_a_hanging_sink_does_not_hold_back_another(
         for _ in range(20):
             await asyncio.to_thread(post, relay, spans(10))
         await eventually(lambda: len(accepted_ids(relay)) == 200, message="file sink keeps up")
-        status = await asyncio.to_thread(relay.get_json, "/v1/status")
+        # The file sink writes a batch before the spool records it sent: wait for that too.
+        status = await eventually(
+            lambda: (
+                (state := relay.get_json("/v1/status"))["sinks"]["file"]["backlog"] == 0 and state
+            ),
+            message="the file sink's cursor",
+        )
         assert status["sinks"]["file"]["backlog"] == 0
         assert status["sinks"]["tempo"]["backlog"] > 0
         assert status["sinks"]["tempo"]["sent"] == 0
